@@ -1,0 +1,200 @@
+"""`SanaTransformer`: the Sana linear DiT assembled from `layers.py` (assembly only).
+
+Forward contract: ``model(x, timestep, text, text_mask=None, guidance=None) -> v`` with
+x (B, C, H, W) latents (any H, W divisible by the patch size), timestep (B,) float,
+text (B, L, caption_channels), text_mask (B, L) of 0/1, guidance (B,) (Sprint models only).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from sanakit.errors import SanakitError
+from sanakit.models.config import ModelConfig
+from sanakit.models.layers import (
+    MASK_BIAS,
+    AdaLNSingle,
+    CaptionProjection,
+    CrossAttention,
+    GLUMBConv,
+    LinearAttention,
+    PatchEmbed,
+    RMSNorm,
+)
+
+
+class SanaBlock(nn.Module):
+    """One Sana block: adaLN-modulated linear self-attention, plain cross-attention, Mix-FFN.
+
+    x = x + g1 * LinAttn(LN(x) * (1 + s1) + b1)
+    x = x + CrossAttn(x, text)
+    x = x + g2 * MixFFN(LN(x) * (1 + s2) + b2)
+    where (b1, s1, g1, b2, s2, g2) = table (6, C) + t-modulation (B, 6, C).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        dim = config.hidden_size
+        self.norm_eps = config.norm_eps
+        self.attn1 = LinearAttention(
+            dim,
+            config.num_attention_heads,
+            config.attention_bias,
+            config.qk_norm,
+            config.linear_attention_eps,
+        )
+        self.attn2 = CrossAttention(
+            dim, config.num_cross_attention_heads, config.cross_attention_head_dim, config.qk_norm
+        )
+        self.ff = GLUMBConv(dim, config.mlp_ratio)
+        self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        text: torch.Tensor,
+        mask_bias: torch.Tensor | None,
+        modulation: torch.Tensor,
+        height: int,
+        width: int,
+    ) -> torch.Tensor:
+        dim = x.shape[-1]
+        mods = self.scale_shift_table[None] + modulation.reshape(x.shape[0], 6, dim)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.chunk(6, dim=1)
+
+        h = F.layer_norm(x, (dim,), eps=self.norm_eps)
+        h = (h * (1 + scale_msa) + shift_msa).to(x.dtype)
+        x = x + gate_msa * self.attn1(h)
+
+        x = x + self.attn2(x, text, mask_bias)
+
+        h = F.layer_norm(x, (dim,), eps=self.norm_eps)
+        h = h * (1 + scale_mlp) + shift_mlp
+        return x + gate_mlp * self.ff(h, height, width)
+
+
+class SanaTransformer(nn.Module):
+    """The Sana text-to-image linear diffusion transformer (diffusers-compatible state dict)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.hidden_size
+        self.patch_embed = PatchEmbed(
+            config.in_channels,
+            dim,
+            config.patch_size,
+            config.sample_size,
+            config.interpolation_scale,
+        )
+        self.time_embed = AdaLNSingle(dim, config.guidance_embeds)
+        self.caption_projection = CaptionProjection(config.caption_channels, dim)
+        # Sana §2.3: text features are RMS-normalised with a learnable scale starting at 0.01.
+        self.caption_norm = RMSNorm(dim, eps=1e-5, weight_init=0.01)
+        self.transformer_blocks = nn.ModuleList(SanaBlock(config) for _ in range(config.num_layers))
+        self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
+        self.proj_out = nn.Linear(dim, config.patch_size**2 * config.output_channels)
+        self.gradient_checkpointing = config.gradient_checkpointing
+        self.gradient_checkpointing_interval = config.gradient_checkpointing_interval
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Official Sana/PixArt init: xavier-uniform linears (patch conv as a linear), zero biases,
+        N(0, 0.02) for the timestep, guidance, t-block and caption MLPs."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for block in self.transformer_blocks:
+            for conv in (block.ff.conv_inverted, block.ff.conv_point):
+                nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
+                if conv.bias is not None:
+                    nn.init.zeros_(conv.bias)
+        proj = self.patch_embed.proj
+        nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
+        nn.init.zeros_(proj.bias)
+        te = self.time_embed
+        mlps = (
+            [te.timestep_embedder, te.guidance_embedder]
+            if te.guidance_embeds
+            else [te.emb.timestep_embedder]
+        )
+        for mlp in mlps:
+            nn.init.normal_(mlp.linear_1.weight, std=0.02)
+            nn.init.normal_(mlp.linear_2.weight, std=0.02)
+        nn.init.normal_(te.linear.weight, std=0.02)
+        nn.init.normal_(self.caption_projection.linear_1.weight, std=0.02)
+        nn.init.normal_(self.caption_projection.linear_2.weight, std=0.02)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.proj_out.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.proj_out.weight.device
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def set_gradient_checkpointing(self, enabled: bool, interval: int = 1) -> None:
+        """Checkpoint every ``interval``-th block (1 = all blocks, 2 = half, ...)."""
+        if interval < 1:
+            raise SanakitError("gradient_checkpointing_interval must be >= 1")
+        self.gradient_checkpointing = enabled
+        self.gradient_checkpointing_interval = interval
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        cfg = self.config
+        batch, _, height, width = x.shape
+        p = cfg.patch_size
+        if height % p or width % p:
+            raise SanakitError(f"latent size {height}x{width} is not divisible by patch size {p}")
+        if cfg.guidance_embeds and guidance is None:
+            raise SanakitError("this model has guidance_embeds=True: pass guidance (B,)")
+        h, w = height // p, width // p
+
+        tokens = self.patch_embed(x)  # (B, h*w, C)
+        dtype = tokens.dtype
+        timestep = timestep.reshape(-1).expand(batch)
+        if cfg.timestep_norm_scale_factor != 1.0:
+            timestep = timestep / cfg.timestep_norm_scale_factor
+        if guidance is not None:
+            guidance = guidance.reshape(-1).expand(batch)
+        modulation, t_emb = self.time_embed(
+            timestep, guidance if cfg.guidance_embeds else None, dtype
+        )
+
+        context = self.caption_norm(self.caption_projection(text))  # (B, L, C)
+        mask_bias = None
+        if text_mask is not None:
+            mask_bias = ((1 - text_mask.to(dtype)) * MASK_BIAS)[:, None, None, :]  # (B, 1, 1, L)
+
+        for index, block in enumerate(self.transformer_blocks):
+            args = (tokens, context, mask_bias, modulation, h, w)
+            if (
+                self.gradient_checkpointing
+                and torch.is_grad_enabled()
+                and index % self.gradient_checkpointing_interval == 0
+            ):
+                tokens = checkpoint(block, *args, use_reentrant=False)
+            else:
+                tokens = block(*args)
+
+        shift, scale = (self.scale_shift_table[None] + t_emb[:, None]).chunk(2, dim=1)
+        tokens = F.layer_norm(tokens, (tokens.shape[-1],), eps=1e-6) * (1 + scale) + shift
+        out = self.proj_out(tokens)  # (B, h*w, p*p*C_out)
+        return rearrange(out, "b (h w) (p q c) -> b c (h p) (w q)", h=h, w=w, p=p, q=p)
