@@ -2,8 +2,8 @@
 
 Module and parameter names mirror diffusers' ``SanaTransformer2DModel`` so that its
 checkpoints load with ``strict=True``. Tokens are kept in (B, N, C) layout throughout; the
-Mix-FFN's 1x1 convolutions run as matmuls on that layout and only the 3x3 depthwise
-convolution sees the (H, W) grid (channels-last), which avoids the NCHW<->NLC copies.
+Mix-FFN sees them as a channels-last image of the real (H, W) grid, which avoids the
+NCHW<->NLC copies.
 """
 
 from __future__ import annotations
@@ -175,6 +175,15 @@ class CaptionProjection(nn.Module):
         return self.linear_2(F.gelu(self.linear_1(y), approximate="tanh"))
 
 
+def fused_projection(x: torch.Tensor, layers: tuple[nn.Linear, ...]) -> tuple[torch.Tensor, ...]:
+    """Apply several Linear layers to the same input as one GEMM (weights concatenated on the
+    fly; the parameters stay separate so state-dict keys match diffusers)."""
+    weight = torch.cat([layer.weight for layer in layers])
+    biases = [layer.bias for layer in layers]
+    bias = None if biases[0] is None else torch.cat(biases)
+    return F.linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
+
+
 class LinearAttention(nn.Module):
     """ReLU-kernel linear self-attention (Katharopoulos et al., 2020; Sana §2.2).
 
@@ -199,7 +208,7 @@ class LinearAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
+        q, k, v = fused_projection(x, (self.to_q, self.to_k, self.to_v))
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -208,11 +217,11 @@ class LinearAttention(nn.Module):
                 rearrange(t.float(), "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v)
             )
             q, k = F.relu(q), F.relu(k)
-            kv = k.transpose(-1, -2) @ v  # (B, h, d, d): sum_j k_j v_j^T
-            k_sum = k.sum(dim=2, keepdim=True)  # (B, h, 1, d): sum_j k_j
-            num = q @ kv  # (B, h, N, d)
-            den = (q * k_sum).sum(-1, keepdim=True)  # (B, h, N, 1)
-            out = num / (den + self.eps)
+            # a ones column on v makes one matmul give numerator and denominator:
+            # k^T [v, 1] = [sum_j k_j v_j^T, sum_j k_j]  (B, h, d, d+1)
+            kv = k.transpose(-1, -2) @ F.pad(v, (0, 1), value=1.0)
+            out = q @ kv  # (B, h, N, d+1)
+            out = out[..., :-1] / (out[..., -1:] + self.eps)
         out = rearrange(out, "b h n d -> b n (h d)").to(dtype)
         out = self.to_out[0](out)
         if dtype == torch.float16:
@@ -242,7 +251,8 @@ class CrossAttention(nn.Module):
     def forward(
         self, x: torch.Tensor, context: torch.Tensor, mask_bias: torch.Tensor | None
     ) -> torch.Tensor:
-        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        q = self.to_q(x)
+        k, v = fused_projection(context, (self.to_k, self.to_v))
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
@@ -254,9 +264,9 @@ class CrossAttention(nn.Module):
 class GLUMBConv(nn.Module):
     """Mix-FFN (Sana §2.2): 1x1 conv + SiLU -> 3x3 depthwise -> [x, gate] -> x*SiLU(gate) -> 1x1.
 
-    Parameters are stored as diffusers' Conv2d weights; the 1x1 convs run as matmuls on
-    (B, N, C) tokens and the depthwise conv on a channels-last (B, 2H, h, w) view of the real
-    latent grid, so non-square latents work.
+    Works on (B, N, C) tokens: they are viewed as a channels-last (B, C, h, w) image of the real
+    latent grid (no copy), so non-square latents work and the convolutions take oneDNN's
+    channels-last path instead of diffusers' NCHW permute-and-copy round trip.
     """
 
     def __init__(self, dim: int, mlp_ratio: float) -> None:
@@ -267,11 +277,8 @@ class GLUMBConv(nn.Module):
         self.conv_point = nn.Conv2d(hidden, dim, 1, bias=False)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        y = F.silu(
-            F.linear(x, self.conv_inverted.weight.flatten(1), self.conv_inverted.bias)
-        )  # (B, N, 2H)
-        y = rearrange(y, "b (h w) c -> b c h w", h=height, w=width)  # channels-last memory
-        y = self.conv_depth(y)
-        y = rearrange(y, "b c h w -> b (h w) c")
-        y, gate = y.chunk(2, dim=-1)
-        return F.linear(y * F.silu(gate), self.conv_point.weight.flatten(1))
+        y = rearrange(x, "b (h w) c -> b c h w", h=height, w=width)  # channels-last view
+        y = self.conv_depth(F.silu(self.conv_inverted(y)))  # (B, 2H, h, w)
+        y, gate = y.chunk(2, dim=1)
+        y = self.conv_point(y * F.silu(gate))  # (B, C, h, w)
+        return rearrange(y, "b c h w -> b (h w) c")

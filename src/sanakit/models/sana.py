@@ -27,6 +27,30 @@ from sanakit.models.layers import (
 )
 
 
+def trim_text_padding(
+    text: torch.Tensor, text_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Drop trailing text positions that are masked in every sample; (B, L, D) -> (B, L', D).
+
+    A masked key gets the additive bias -1e4, so its softmax weight exp(-1e4 - max) is exactly 0
+    in fp32/bf16: removing it changes neither outputs nor gradients, but saves the caption
+    projection and cross-attention work on padding (a 300-token window usually holds far fewer
+    prompt tokens). A row with no valid token keeps the full window (uniform attention, as the
+    reference computes it). A mask left all-ones is dropped.
+    """
+    if text_mask is None:
+        return text, None
+    valid = text_mask.bool()
+    if not bool(valid.any(dim=1).all()):
+        return text, text_mask
+    positions = torch.arange(1, valid.shape[1] + 1, device=valid.device)
+    length = int((valid * positions).amax())
+    text, text_mask = text[:, :length], text_mask[:, :length]
+    if bool(valid[:, :length].all()):
+        return text, None
+    return text, text_mask
+
+
 class SanaBlock(nn.Module):
     """One Sana block: adaLN-modulated linear self-attention, plain cross-attention, Mix-FFN.
 
@@ -67,13 +91,13 @@ class SanaBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.chunk(6, dim=1)
 
         h = F.layer_norm(x, (dim,), eps=self.norm_eps)
-        h = (h * (1 + scale_msa) + shift_msa).to(x.dtype)
+        h = torch.addcmul(shift_msa, h, 1 + scale_msa).to(x.dtype)
         x = x + gate_msa * self.attn1(h)
 
         x = x + self.attn2(x, text, mask_bias)
 
         h = F.layer_norm(x, (dim,), eps=self.norm_eps)
-        h = h * (1 + scale_mlp) + shift_mlp
+        h = torch.addcmul(shift_mlp, h, 1 + scale_mlp)
         return x + gate_mlp * self.ff(h, height, width)
 
 
@@ -178,10 +202,11 @@ class SanaTransformer(nn.Module):
             timestep, guidance if cfg.guidance_embeds else None, dtype
         )
 
-        context = self.caption_norm(self.caption_projection(text))  # (B, L, C)
+        text, text_mask = trim_text_padding(text, text_mask)
+        context = self.caption_norm(self.caption_projection(text))  # (B, L', C)
         mask_bias = None
         if text_mask is not None:
-            mask_bias = ((1 - text_mask.to(dtype)) * MASK_BIAS)[:, None, None, :]  # (B, 1, 1, L)
+            mask_bias = ((1 - text_mask.to(dtype)) * MASK_BIAS)[:, None, None, :]  # (B, 1, 1, L')
 
         for index, block in enumerate(self.transformer_blocks):
             args = (tokens, context, mask_bias, modulation, h, w)
