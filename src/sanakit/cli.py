@@ -9,8 +9,7 @@ from collections.abc import Callable, Sequence
 from sanakit import __version__
 from sanakit.errors import SanakitError
 
-# Each sub-command module exposes ``add_parser(subparsers)`` which registers a parser whose
-# ``func`` default takes the parsed namespace and returns an exit code.
+# Sub-command modules (see ``sanakit.commands``), in the order ``sanakit --help`` lists them.
 _COMMAND_MODULES: tuple[str, ...] = ()
 
 

@@ -175,15 +175,6 @@ class CaptionProjection(nn.Module):
         return self.linear_2(F.gelu(self.linear_1(y), approximate="tanh"))
 
 
-def fused_projection(x: torch.Tensor, layers: tuple[nn.Linear, ...]) -> tuple[torch.Tensor, ...]:
-    """Apply several Linear layers to the same input as one GEMM (weights concatenated on the
-    fly; the parameters stay separate so state-dict keys match diffusers)."""
-    weight = torch.cat([layer.weight for layer in layers])
-    biases = [layer.bias for layer in layers]
-    bias = None if biases[0] is None else torch.cat(biases)
-    return F.linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
-
-
 class LinearAttention(nn.Module):
     """ReLU-kernel linear self-attention (Katharopoulos et al., 2020; Sana §2.2).
 
@@ -208,7 +199,7 @@ class LinearAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        q, k, v = fused_projection(x, (self.to_q, self.to_k, self.to_v))
+        q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -251,8 +242,7 @@ class CrossAttention(nn.Module):
     def forward(
         self, x: torch.Tensor, context: torch.Tensor, mask_bias: torch.Tensor | None
     ) -> torch.Tensor:
-        q = self.to_q(x)
-        k, v = fused_projection(context, (self.to_k, self.to_v))
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
