@@ -10,7 +10,11 @@ from sanakit import __version__
 from sanakit.errors import SanakitError
 
 # Sub-command modules (see ``sanakit.commands``), in the order ``sanakit --help`` lists them.
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = (
+    "sanakit.commands.train",
+    "sanakit.commands.cache",
+    "sanakit.commands.generate",
+)
 
 
 def _load_commands() -> list[Callable[[argparse._SubParsersAction], None]]:

@@ -1,0 +1,151 @@
+"""Build the run's model parts from ``[model]``: the transformer to train, and the frozen
+autoencoder and text encoder, loaded only when something needs them.
+
+The frozen encoders are the largest parts of a Sana setup (Gemma-2-2B, DC-AE). When the cache
+is complete the trainer must not load them, but it must still be sure the cache was built with
+the same encoders. ``EncoderMemo`` records, in the cache folder, the cache fingerprints last
+computed for a *source key* (folders, weight-file sizes and mtimes, dtype, instruction, max
+length); when the key is unchanged the recorded fingerprints stand in for loading the models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sanakit.autoencoder import Autoencoder, load_autoencoder
+from sanakit.data.cache import fingerprints
+from sanakit.errors import SanakitError
+from sanakit.models import SanaTransformer, load_transformer
+from sanakit.presets import get_preset
+from sanakit.text import DEFAULT_INSTRUCTION, TextEncoder
+from sanakit.train.config import RunConfig
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+MEMO_NAME = "encoders.json"
+
+
+def transformer_source(config: RunConfig) -> str | None:
+    m = config.model
+    return m.transformer or m.base
+
+
+def build_transformer(
+    config: RunConfig, *, latent_channels: int, text_channels: int
+) -> SanaTransformer:
+    """The model to train in fp32 (master weights), with gradient checkpointing as configured."""
+    m, t = config.model, config.train
+    overrides: dict[str, Any] = {
+        "gradient_checkpointing": t.gradient_checkpointing,
+        "gradient_checkpointing_interval": t.gradient_checkpointing_interval,
+    }
+    if m.timestep_norm_scale_factor is not None:
+        overrides["timestep_norm_scale_factor"] = m.timestep_norm_scale_factor
+    if m.preset:
+        preset = get_preset(m.preset)
+        cfg = preset.replace(
+            in_channels=latent_channels,
+            out_channels=latent_channels,
+            caption_channels=text_channels,
+            **overrides,
+        )
+        torch.manual_seed(t.seed)
+        return SanaTransformer(cfg)
+    model = load_transformer(transformer_source(config), torch_dtype=torch.float32, **overrides)
+    if (
+        model.config.in_channels != latent_channels
+        or model.config.caption_channels != text_channels
+    ):
+        raise SanakitError(
+            f"the transformer takes {model.config.in_channels} latent / {model.config.caption_channels} text "
+            f"channels but the autoencoder gives {latent_channels} and the text encoder {text_channels}"
+        )
+    return model
+
+
+def load_text_encoder(config: RunConfig, device: str | torch.device = "cpu") -> TextEncoder:
+    m = config.model
+    instruction = (m.instruction or DEFAULT_INSTRUCTION) if m.use_instruction else None
+    return TextEncoder.from_pretrained(
+        m.text_encoder or m.base,
+        dtype=DTYPES[m.encoder_dtype],
+        device=device,
+        instruction=instruction,
+        max_length=m.text_max_length,
+    )
+
+
+def load_frozen_autoencoder(config: RunConfig, device: str | torch.device = "cpu") -> Autoencoder:
+    m = config.model
+    if m.autoencoder == "pixel-shuffle":
+        return load_autoencoder("pixel-shuffle", factor=m.pixel_shuffle_factor, device=device)
+    dtype = DTYPES[m.encoder_dtype] if m.encoder_dtype != "fp16" else torch.float32
+    return load_autoencoder("dc-ae", path=m.vae or m.base, dtype=dtype, device=device)
+
+
+def _files_key(folder: str | None) -> list[Any]:
+    if not folder:
+        return []
+    root = Path(folder)
+    entries = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.suffix in {".json", ".safetensors", ".bin", ".model", ".txt"}:
+            stat = path.stat()
+            entries.append([str(path.relative_to(root)), stat.st_size, int(stat.st_mtime)])
+    return [str(root.resolve()), entries]
+
+
+def encoder_source_key(config: RunConfig) -> str:
+    """A cheap identity of the frozen encoders (no weights read)."""
+    m, d = config.model, config.data
+    parts = {
+        "autoencoder": m.autoencoder,
+        "factor": m.pixel_shuffle_factor,
+        "vae": _files_key(
+            None if m.autoencoder == "pixel-shuffle" else (m.vae or os.path.join(m.base, "vae"))
+        ),
+        "text": _files_key(m.text_encoder or os.path.join(m.base, "text_encoder")),
+        "tokenizer": _files_key(None if m.text_encoder else os.path.join(m.base, "tokenizer")),
+        "instruction": list(m.instruction or DEFAULT_INSTRUCTION) if m.use_instruction else None,
+        "max_length": m.text_max_length,
+        "encoder_dtype": m.encoder_dtype,
+        "latent_dtype": d.latent_dtype,
+        "text_dtype": d.text_dtype,
+    }
+    return json.dumps(parts, sort_keys=True)
+
+
+class EncoderMemo:
+    """``cache_dir/encoders.json``: source key -> (latent fingerprint, text fingerprint, info)."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.path = Path(config.data.cache_dir).expanduser() / MEMO_NAME
+        self.key = encoder_source_key(config)
+        self.data_config = config.data
+
+    def lookup(self) -> dict[str, Any] | None:
+        try:
+            memo = json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return memo if memo.get("key") == self.key else None
+
+    def record(self, autoencoder: Autoencoder, text_encoder: TextEncoder) -> dict[str, Any]:
+        latent_fp, text_fp = fingerprints(autoencoder, text_encoder, self.data_config)
+        memo = {
+            "key": self.key,
+            "latent_fingerprint": latent_fp,
+            "text_fingerprint": text_fp,
+            "latent_channels": int(autoencoder.latent_channels),
+            "downsample_factor": int(autoencoder.downsample_factor),
+            "text_hidden_size": int(text_encoder.hidden_size),
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(memo, indent=2))
+        os.replace(tmp, self.path)
+        return memo

@@ -1,0 +1,331 @@
+"""The training configuration: ``[model]``, ``[train]``, ``[validation]``, ``[output]`` and
+``[data]`` (see :mod:`sanakit.config` for the strict loader and the data section).
+
+Every option here changes what a run does; combinations that would make an option do nothing
+(LoKr settings with ``method = "full"``, ``flow_shift`` with ``auto_shift``) are rejected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from sanakit.config import (
+    ConfigValueError,
+    DataConfig,
+    apply_overrides,
+    from_dict,
+    load_config_file,
+    to_dict,
+)
+from sanakit.errors import SanakitError
+
+Precision = Literal["bf16", "fp16", "no"]
+DType = Literal["bf16", "fp16", "fp32"]
+
+# Sana-1600M's fine-tuning defaults (NVlabs configs, SimpleTuner quickstart): 1e-5 for full
+# rank; adapters train a small fraction of the weights and take ~10x more.
+DEFAULT_LR = {"full": 1e-5, "lora": 1e-4, "lokr": 1e-4}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """``[model]``: where the weights come from.
+
+    ``base`` is a diffusers-format Sana pipeline folder (transformer/, vae/, text_encoder/,
+    tokenizer/). Alternatively ``transformer`` (a transformer folder, or ``preset`` for a fresh
+    randomly initialised model) plus ``vae`` / ``text_encoder`` folders. ``autoencoder =
+    "pixel-shuffle"`` replaces the DC-AE with the parameter-free pixel-unshuffle (demo, tests).
+    """
+
+    base: str | None = None
+    transformer: str | None = None
+    preset: str | None = None
+    vae: str | None = None
+    text_encoder: str | None = None
+    autoencoder: Literal["dc-ae", "pixel-shuffle"] = "dc-ae"
+    pixel_shuffle_factor: int | None = None
+    instruction: tuple[str, ...] | None = None  # default: Sana's complex human instruction
+    use_instruction: bool = True
+    text_max_length: int = 300
+    encoder_dtype: DType = "bf16"  # frozen text encoder / autoencoder while caching
+    timestep_norm_scale_factor: float | None = None  # Sprint teacher: 1000
+
+    def __post_init__(self) -> None:
+        sources = [k for k in ("base", "transformer", "preset") if getattr(self, k)]
+        if len(sources) != 1:
+            raise ConfigValueError(
+                self, "base", "set exactly one of model.base, model.transformer, model.preset"
+            )
+        if self.autoencoder == "pixel-shuffle":
+            if not self.pixel_shuffle_factor or self.pixel_shuffle_factor < 1:
+                raise ConfigValueError(
+                    self, "pixel_shuffle_factor", "must be >= 1 with autoencoder = 'pixel-shuffle'"
+                )
+            if self.vae:
+                raise ConfigValueError(
+                    self, "vae", "is not used with autoencoder = 'pixel-shuffle'"
+                )
+        elif self.pixel_shuffle_factor is not None:
+            raise ConfigValueError(
+                self, "pixel_shuffle_factor", "is only used with autoencoder = 'pixel-shuffle'"
+            )
+        if not self.base and not self.text_encoder:
+            raise ConfigValueError(self, "text_encoder", "is required without model.base")
+        if not self.base and self.autoencoder == "dc-ae" and not self.vae:
+            raise ConfigValueError(
+                self, "vae", "is required without model.base (or use autoencoder = 'pixel-shuffle')"
+            )
+        if self.instruction is not None and not self.use_instruction:
+            raise ConfigValueError(self, "instruction", "is set but use_instruction = false")
+        if self.text_max_length < 2:
+            raise ConfigValueError(self, "text_max_length", "must be >= 2")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSection:
+    """``[train.lora]`` (peft LoRA): W + (alpha / rank) * B A on the target modules."""
+
+    rank: int = 16
+    alpha: float | None = None  # default: rank (scale 1)
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] | None = None  # default: attention projections + FFN 1x1 convs
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ConfigValueError(self, "rank", "must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigValueError(self, "dropout", "must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class LokrSection:
+    """``[train.lokr]`` (LyCORIS LoKr): W + kron(w1, w2) factorised with ``factor``."""
+
+    factor: int = 16
+    rank: int = 10000  # LyCORIS linear_dim; >= the factor's side means full-rank Kronecker factors
+    alpha: float = 1.0  # LyCORIS linear_alpha
+    target_modules: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.factor < 1 and self.factor != -1:
+            raise ConfigValueError(self, "factor", "must be >= 1 (or -1 for automatic)")
+        if self.rank < 1:
+            raise ConfigValueError(self, "rank", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class EmaSection:
+    """``[train.ema]``: present = on. shadow <- decay*shadow + (1-decay)*w every n steps."""
+
+    decay: float = 0.9999
+    update_every: int = 1
+    on_cpu: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.decay < 1.0:
+            raise ConfigValueError(self, "decay", "must be in (0, 1)")
+        if self.update_every < 1:
+            raise ConfigValueError(self, "update_every", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection:
+    """``[train]``: method, optimisation and the flow-matching objective."""
+
+    method: Literal["full", "lora", "lokr"] = "full"
+    lora: LoraSection | None = None
+    lokr: LokrSection | None = None
+    lr: float | None = None  # default by method: 1e-5 full, 1e-4 lora/lokr
+    optimizer: Literal["adamw", "adamw8bit", "lion8bit", "optimi-adamw"] = "adamw"
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0
+    batch_size: int = 1
+    gradient_accumulation: int = 1
+    max_steps: int | None = None
+    epochs: int | None = None
+    grad_clip: float | None = 1.0
+    mixed_precision: Precision = "bf16"
+    gradient_checkpointing: bool = False
+    gradient_checkpointing_interval: int = 1
+    timestep_sampling: Literal["logit_normal", "uniform", "mode"] = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    flow_shift: float | None = None  # default 1.0; Sana's 1024 px pre-training used 3.0
+    auto_shift: bool = False  # resolution-dependent shift from the latent token count
+    ema: EmaSection | None = None
+    seed: int = 0
+    max_consecutive_nonfinite: int = 5
+    max_nonfinite_recoveries: int = 3
+
+    def __post_init__(self) -> None:
+        if self.lora is not None and self.method != "lora":
+            raise ConfigValueError(
+                self, "lora", f"settings do nothing with method = {self.method!r}"
+            )
+        if self.lokr is not None and self.method != "lokr":
+            raise ConfigValueError(
+                self, "lokr", f"settings do nothing with method = {self.method!r}"
+            )
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ConfigValueError(
+                self, "max_steps", "set exactly one of train.max_steps and train.epochs"
+            )
+        for key in ("max_steps", "epochs"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigValueError(self, key, "must be >= 1")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigValueError(self, "lr", f"must be > 0, got {self.lr}")
+        if self.batch_size < 1 or self.gradient_accumulation < 1:
+            raise ConfigValueError(self, "batch_size", "and gradient_accumulation must be >= 1")
+        if self.gradient_checkpointing_interval < 1:
+            raise ConfigValueError(self, "gradient_checkpointing_interval", "must be >= 1")
+        if self.gradient_checkpointing_interval != 1 and not self.gradient_checkpointing:
+            raise ConfigValueError(
+                self, "gradient_checkpointing_interval", "needs gradient_checkpointing = true"
+            )
+        if self.auto_shift and self.flow_shift is not None:
+            raise ConfigValueError(self, "flow_shift", "and auto_shift are exclusive; remove one")
+        if self.flow_shift is not None and not self.flow_shift > 0:
+            raise ConfigValueError(self, "flow_shift", "must be > 0")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigValueError(self, "grad_clip", "must be > 0 (omit it to disable clipping)")
+        if self.warmup_steps < 0:
+            raise ConfigValueError(self, "warmup_steps", "must be >= 0")
+        if self.warmup_steps and self.lr_scheduler == "constant":
+            raise ConfigValueError(
+                self,
+                "warmup_steps",
+                "does nothing with lr_scheduler = 'constant'; use 'constant_with_warmup'",
+            )
+        if self.max_consecutive_nonfinite < 1 or self.max_nonfinite_recoveries < 0:
+            raise ConfigValueError(
+                self, "max_consecutive_nonfinite", "must be >= 1 (recoveries >= 0)"
+            )
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+
+    @property
+    def shift(self) -> float:
+        return 1.0 if self.flow_shift is None else self.flow_shift
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationSection:
+    """``[validation]``: sample images and a stable evaluation loss every ``every_steps`` steps.
+
+    ``prompt_library`` is a JSON file ``{"nickname": "prompt"}`` (SimpleTuner's
+    user_prompt_library); nicknames name the image files. ``eval_datasets`` are dataset ids
+    held out from training whose loss is measured at the fixed ``eval_sigmas`` with fixed noise.
+    """
+
+    prompts: tuple[str, ...] = ()
+    prompt_library: str | None = None
+    every_steps: int = 0  # 0 = only at the end
+    sampler: Literal["dpm", "euler"] = "dpm"
+    steps: int = 20
+    guidance: float = 4.5
+    negative_prompt: str = ""
+    resolutions: tuple[str, ...] = ("1024x1024",)
+    seed: int = 0
+    eval_datasets: tuple[str, ...] = ()
+    eval_sigmas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+    def __post_init__(self) -> None:
+        for res in self.resolutions:
+            parse_resolution(res)
+        if self.every_steps < 0 or self.steps < 1:
+            raise ConfigValueError(self, "every_steps", "must be >= 0 (steps >= 1)")
+        if not all(0.0 < s <= 1.0 for s in self.eval_sigmas):
+            raise ConfigValueError(self, "eval_sigmas", "must lie in (0, 1]")
+
+    def prompt_items(self) -> list[tuple[str, str]]:
+        """(nickname, prompt) pairs: inline prompts as prompt-NN, then the library."""
+        items = [(f"prompt-{i:02d}", p) for i, p in enumerate(self.prompts)]
+        if self.prompt_library:
+            items += load_prompt_library(self.prompt_library)
+        return items
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSection:
+    """``[output]``: where checkpoints, logs, validation images and final weights go."""
+
+    dir: str = "output"
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    log_with: Literal["tensorboard", "wandb", "none"] = "tensorboard"
+    export_dtype: Literal["bf16", "fp32"] = "bf16"
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every < 1 or self.keep_last < 1:
+            raise ConfigValueError(self, "checkpoint_every", "and keep_last must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """The whole ``sanakit train`` configuration file."""
+
+    model: ModelSection
+    data: DataConfig
+    train: TrainSection
+    validation: ValidationSection = dataclasses.field(default_factory=lambda: ValidationSection())
+    output: OutputSection = dataclasses.field(default_factory=lambda: OutputSection())
+
+    def __post_init__(self) -> None:
+        ids = {ds.id for ds in self.data.datasets}
+        for name in self.validation.eval_datasets:
+            if name not in ids:
+                raise ConfigValueError(
+                    self, "validation.eval_datasets", f"names unknown dataset {name!r}"
+                )
+        if not [ds for ds in self.data.active if ds.id not in self.validation.eval_datasets]:
+            raise ConfigValueError(
+                self,
+                "validation.eval_datasets",
+                "holds out every dataset; nothing left to train on",
+            )
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """'1280x768' (WIDTHxHEIGHT, as SimpleTuner writes it) -> (height, width) = (768, 1280)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SanakitError(
+            f"validation.resolutions: {text!r} must look like 1024x1024 (width x height)"
+        ) from None
+    if width % 32 or height % 32 or width <= 0 or height <= 0:
+        raise SanakitError(f"validation.resolutions: {text!r} must be positive multiples of 32")
+    return height, width
+
+
+def load_prompt_library(path: str) -> list[tuple[str, str]]:
+    """A JSON object ``{"nickname": "prompt"}`` -> [(nickname, prompt)]."""
+    data = load_config_file(path) if path.endswith(".json") else None
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise SanakitError(f"{path}: a prompt library must be a JSON object of nickname -> prompt")
+    return list(data.items())
+
+
+def load_run_config(path: str | Path, overrides: tuple[str, ...] = ()) -> RunConfig:
+    """Read a TOML/JSON config file, apply ``--set`` overrides and validate it strictly."""
+    raw = apply_overrides(load_config_file(path), list(overrides))
+    return run_config_from_dict(raw)
+
+
+def run_config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    return from_dict(RunConfig, raw)
+
+
+def run_config_to_dict(config: RunConfig) -> dict[str, Any]:
+    return to_dict(config)

@@ -1,0 +1,525 @@
+"""`Trainer`: the ``sanakit train`` loop (full fine-tune, LoRA, LoKr) on accelerate.
+
+One object holds the model, optimizer, LR schedule, EMA, data iterator, step counter and
+checkpointer; nothing is global. The same code runs on the CPU, one GPU, or
+``accelerate launch --num_processes N`` (DDP; each rank reads its own slice of every batch).
+
+Guarantees:
+- a step whose loss or gradient is not finite changes nothing (no update, no EMA), is logged
+  with its sample ids; after ``max_consecutive_nonfinite`` such steps in a row the run reloads
+  the last good checkpoint, halves the learning rate and continues, and it stops with a
+  diagnosis after ``max_nonfinite_recoveries`` reloads;
+- checkpoints are atomic (see :mod:`sanakit.train.checkpoint`) and hold everything needed for a
+  bit-identical continuation (weights or adapter, EMA, optimizer, LR schedule, loader position,
+  RNG states, counters, the resolved config).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from sanakit.config import to_dict
+from sanakit.data import build_cache, make_loader, open_cache
+from sanakit.errors import SanakitError
+from sanakit.train import components
+from sanakit.train.checkpoint import Checkpointer
+from sanakit.train.config import RunConfig
+from sanakit.train.ema import EMA
+from sanakit.train.export import export_final
+from sanakit.train.objective import eval_loss, flow_matching_step, step_generator
+from sanakit.train.optim import build_optimizer, build_scheduler
+from sanakit.train.validation import prompt_embeddings, run_validation
+
+log = logging.getLogger("sanakit.train")
+
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": None}
+
+
+class NonFiniteLossError(SanakitError):
+    """The run stopped because the loss kept becoming NaN/Inf."""
+
+
+class Trainer:
+    """Build with a validated :class:`RunConfig`; ``fit()`` trains to ``max_steps``."""
+
+    def __init__(
+        self, config: RunConfig, *, output_dir: str | None = None, resume: str | None = None
+    ) -> None:
+        from accelerate import Accelerator
+
+        self.config = config
+        self.out = Path(output_dir or config.output.dir)
+        t = config.train
+        if t.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise SanakitError(
+                "train.mixed_precision = 'fp16' needs a GPU; use 'bf16' or 'no' on the CPU"
+            )
+        log_with = None if config.output.log_with == "none" else config.output.log_with
+        # accelerate keeps its mixed-precision setting in a process-wide singleton; a second
+        # Trainer in one process (demo, tests, notebooks) must be able to choose its own. The
+        # distributed state (PartialState) is kept.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=False)
+        self.accelerator = Accelerator(
+            mixed_precision=t.mixed_precision, log_with=log_with, project_dir=str(self.out / "logs")
+        )
+        self.device = self.accelerator.device
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
+        self.autocast_dtype = AUTOCAST[t.mixed_precision]
+        self.checkpointer = Checkpointer(self.out, keep_last=config.output.keep_last)
+        self.step = 0
+        self.lr_scale = 1.0
+        self.nonfinite_total = 0
+        self.nonfinite_streak = 0
+        self.recoveries = 0
+        self._text_encoder = None
+        self._autoencoder = None
+        self._prepare_data()
+        self._build_model()
+        if resume:
+            self.load_checkpoint(self.checkpointer.resolve(resume))
+
+    # ------------------------------------------------------------------ setup
+    def _prepare_data(self) -> None:
+        """Build (or verify) the cache on the main process, then open the loaders."""
+        cfg, t = self.config, self.config.train
+        eval_ids = set(cfg.validation.eval_datasets)
+        memo = components.EncoderMemo(cfg)
+        if self.accelerator.is_main_process:
+            found = memo.lookup()
+            if not (found and self._cache_matches(found)):
+                self._autoencoder = components.load_frozen_autoencoder(cfg, self.device)
+                self._text_encoder = components.load_text_encoder(cfg, self.device)
+                report = build_cache(
+                    cfg.data,
+                    self._autoencoder,
+                    self._text_encoder,
+                    batch_size=t.batch_size,
+                    world_size=self.world,
+                )
+                log.info(report.summary())
+                found = memo.record(self._autoencoder, self._text_encoder)
+            else:
+                log.info(
+                    "cache complete for these encoders: text encoder and autoencoder not loaded"
+                )
+        self.accelerator.wait_for_everyone()
+        self.memo = memo.lookup()
+        train_data = _with_disabled(cfg.data, eval_ids)
+        self.loader = make_loader(
+            train_data, batch_size=t.batch_size, seed=t.seed, rank=self.rank, world_size=self.world
+        )
+        self.eval_data = (
+            _with_disabled(cfg.data, {d.id for d in cfg.data.datasets} - eval_ids)
+            if eval_ids
+            else None
+        )
+        per_epoch = self.loader.planner.total_batches_per_epoch
+        self.steps_per_epoch = max(1, per_epoch // t.gradient_accumulation)
+        self.max_steps = t.max_steps or t.epochs * self.steps_per_epoch
+
+    def _cache_matches(self, memo: dict[str, Any]) -> bool:
+        try:
+            cache = open_cache(self.config.data)
+        except SanakitError:
+            return False
+        return all(
+            m["latent_fingerprint"] == memo["latent_fingerprint"]
+            and m["text_fingerprint"] == memo["text_fingerprint"]
+            for m in cache.manifests
+        )
+
+    def _build_model(self) -> None:
+        cfg, t = self.config, self.config.train
+        model = components.build_transformer(
+            cfg,
+            latent_channels=self.memo["latent_channels"],
+            text_channels=self.memo["text_hidden_size"],
+        )
+        self.adapter = None
+        if t.method != "full":
+            from sanakit.train.adapters import apply_adapter
+
+            self.adapter = apply_adapter(model, adapter_spec(cfg))
+            params = list(self.adapter.trainable_parameters())
+        else:
+            params = [p for p in model.parameters() if p.requires_grad]
+        self.model = model.to(self.device)
+        optimizer = build_optimizer(
+            params,
+            t.optimizer,
+            lr=t.learning_rate,
+            betas=t.betas,
+            weight_decay=t.weight_decay,
+            eps=t.eps,
+        )
+        scheduler = build_scheduler(
+            optimizer, t.lr_scheduler, warmup_steps=t.warmup_steps, total_steps=self.max_steps
+        )
+        self.ema = None
+        if t.ema is not None:
+            device = "cpu" if t.ema.on_cpu else None
+            self.ema = EMA(
+                self.model.named_parameters(),
+                decay=t.ema.decay,
+                update_every=t.ema.update_every,
+                device=device,
+            )
+        # the scheduler is not prepared: accelerate would step it once per process
+        self.ddp_model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        self.scheduler = scheduler
+        self.params = params
+
+    # ------------------------------------------------------------------ frozen parts
+    def text_encoder(self):
+        if self._text_encoder is None:
+            self._text_encoder = components.load_text_encoder(self.config, self.device)
+        return self._text_encoder
+
+    def autoencoder(self):
+        if self._autoencoder is None:
+            self._autoencoder = components.load_frozen_autoencoder(self.config, self.device)
+        return self._autoencoder
+
+    # ------------------------------------------------------------------ one step
+    def compute_loss(self, batch: dict[str, Any], micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        size = len(batch["ids"])
+        first = self.rank * size  # this rank's slice of the global micro-batch
+        gens = [
+            step_generator(self.config.train.seed, self.step, micro, first + i) for i in range(size)
+        ]
+        with self.accelerator.autocast():
+            return flow_matching_step(self.ddp_model, batch, self.config.train, gens, self.device)
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step over ``gradient_accumulation`` micro-batches."""
+        t = self.config.train
+        accum = t.gradient_accumulation
+        total, ids, images = 0.0, [], 0
+        for micro in range(accum):
+            batch = next(self.loader)
+            ids += batch["ids"]
+            images += len(batch["ids"])
+            sync = micro == accum - 1
+            ctx = self.accelerator.no_sync(self.ddp_model) if not sync else _nullcontext()
+            with ctx:
+                loss, _ = self.compute_loss(batch, micro)
+                self.accelerator.backward(loss / accum)
+            total += float(loss.detach()) / accum
+        grad_norm = self.accelerator.clip_grad_norm_(self.params, t.grad_clip or math.inf)
+        flag = torch.tensor(
+            [0.0 if math.isfinite(total) and torch.isfinite(grad_norm) else 1.0], device=self.device
+        )
+        finite = float(self.accelerator.reduce(flag, reduction="sum")) == 0.0
+        if finite:
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            if self.ema is not None:
+                self.ema.step(self.step)
+            self.nonfinite_streak = 0
+        else:
+            self.nonfinite_total += 1
+            self.nonfinite_streak += 1
+            log.warning(
+                "step %d: non-finite loss/gradient, update skipped (samples: %s)",
+                self.step + 1,
+                ", ".join(ids[:8]),
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        return {
+            "loss": total,
+            "grad_norm": float(grad_norm),
+            "finite": finite,
+            "images": images * self.world,
+        }
+
+    def _recover(self) -> None:
+        t = self.config.train
+        latest = self.checkpointer.latest()
+        cause = (
+            f"the loss was NaN/Inf for {t.max_consecutive_nonfinite} steps in a row; likely causes: a learning "
+            f"rate too high (train.lr = {t.learning_rate * self.lr_scale:g}), fp16 overflow (use bf16), or bad data"
+        )
+        if latest is None:
+            raise NonFiniteLossError(
+                f"{cause}; no checkpoint to go back to yet (lower output.checkpoint_every)"
+            )
+        if self.recoveries >= t.max_nonfinite_recoveries:
+            raise NonFiniteLossError(
+                f"{cause}; gave up after {self.recoveries} reloads with halved learning rates"
+            )
+        recoveries, scale = self.recoveries + 1, self.lr_scale * 0.5
+        self.load_checkpoint(latest)
+        self.recoveries, self.nonfinite_streak = recoveries, 0
+        self._set_lr_scale(scale)
+        log.warning("reloaded %s and halved the learning rate (x%g)", latest.name, scale)
+
+    def _set_lr_scale(self, scale: float) -> None:
+        """Multiply the schedule's base learning rate by ``scale`` from now on."""
+        self.lr_scale = scale
+        base = self.config.train.learning_rate * scale
+        self.scheduler.base_lrs = [base] * len(self.scheduler.base_lrs)
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = base * factor
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> Path | None:
+        cfg = self.config
+        if self.accelerator.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+            self.accelerator.init_trackers("sanakit", config=_flat(to_dict(cfg.train)))
+        bar = tqdm(
+            total=self.max_steps,
+            initial=self.step,
+            desc="train",
+            disable=not self.accelerator.is_main_process,
+            dynamic_ncols=True,
+        )
+        start = time.perf_counter()
+        seen = 0
+        while self.step < self.max_steps:
+            before = self.step
+            stats = self.train_step()
+            seen += stats["images"]
+            if not stats["finite"]:
+                if self.nonfinite_streak >= cfg.train.max_consecutive_nonfinite:
+                    self._recover()
+                    bar.n = self.step
+                continue
+            rate = seen / max(1e-9, time.perf_counter() - start)
+            lr = self.optimizer.param_groups[0]["lr"]
+            bar.update(self.step - before)
+            bar.set_postfix(
+                loss=f"{stats['loss']:.4f}",
+                lr=f"{lr:.2e}",
+                gnorm=f"{stats['grad_norm']:.2f}",
+                img_s=f"{rate:.1f}",
+            )
+            self.accelerator.log(
+                {
+                    "loss": stats["loss"],
+                    "lr": lr,
+                    "grad_norm": stats["grad_norm"],
+                    "images_per_s": rate,
+                },
+                step=self.step,
+            )
+            self.on_step_end(stats)
+            if self.step % cfg.output.checkpoint_every == 0 or self.step == self.max_steps:
+                self.save_checkpoint()
+            every = cfg.validation.every_steps
+            if every and self.step % every == 0 and self.step != self.max_steps:
+                self.validate()
+        bar.close()
+        self.validate()
+        final = export_final(self) if self.accelerator.is_main_process else None
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        return final
+
+    def on_step_end(self, stats: dict[str, Any]) -> None:
+        """Hook for subclasses and tests (called after every finite optimizer step)."""
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        cfg = self.config
+        if self.accelerator.is_main_process and cfg.validation.prompt_items():
+            embeds = prompt_embeddings(
+                cfg.validation, cfg.data.cache_dir, self.memo["text_fingerprint"], self.text_encoder
+            )
+            model = self.accelerator.unwrap_model(self.ddp_model)
+            out = self.out / "validation" / f"step-{self.step:08d}"
+            shift = cfg.train.shift if not cfg.train.auto_shift else 1.0
+            kw = dict(shift=shift, device=self.device, autocast_dtype=self.autocast_dtype)
+            _, grid = run_validation(model, self.autoencoder(), embeds, cfg.validation, out, **kw)
+            self._log_image("validation", grid)
+            if self.ema is not None:
+                with self.ema.swapped_in(model):
+                    _, grid = run_validation(
+                        model, self.autoencoder(), embeds, cfg.validation, out / "ema", **kw
+                    )
+                self._log_image("validation_ema", grid)
+        if self.eval_data is not None:
+            self.evaluate()
+        self.accelerator.wait_for_everyone()
+
+    def _log_image(self, tag: str, grid: np.ndarray) -> None:
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.writer.add_image(tag, grid, self.step, dataformats="HWC")
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[float, float]:
+        """Mean eval loss per σ over one pass of the held-out datasets (fixed noise)."""
+        cfg = self.config
+        cache = open_cache(self.eval_data)
+        loader = make_loader(
+            self.eval_data, cache, batch_size=1, seed=0, rank=self.rank, world_size=self.world
+        )
+        model = self.accelerator.unwrap_model(self.ddp_model).eval()
+        sums = dict.fromkeys(cfg.validation.eval_sigmas, 0.0)
+        count = 0
+        for _ in range(loader.planner.total_batches_per_epoch):
+            batch = next(loader)
+            with self.accelerator.autocast():
+                for s, v in eval_loss(
+                    model, batch, cfg.validation.eval_sigmas, cfg.train.seed, self.device
+                ).items():
+                    sums[s] += float(v)
+            count += len(batch["ids"])
+        model.train()
+        result = {s: v / max(1, count) for s, v in sums.items()}
+        self.accelerator.log(
+            {f"eval_loss/sigma_{s:g}": v for s, v in result.items()}
+            | {"eval_loss": float(np.mean(list(result.values())))},
+            step=self.step,
+        )
+        self.last_eval = result
+        return result
+
+    # ------------------------------------------------------------------ checkpoints
+    def _weights_state(self) -> dict[str, torch.Tensor]:
+        if self.adapter is not None:
+            return self.adapter.state_dict()
+        return self.accelerator.unwrap_model(self.ddp_model).state_dict()
+
+    def save_checkpoint(self) -> Path | None:
+        rng = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+        from accelerate.utils import gather_object
+
+        all_rng = gather_object([rng])
+        if not self.accelerator.is_main_process:
+            self.accelerator.wait_for_everyone()
+            return None
+        state = {
+            "step": self.step,
+            "lr_scale": self.lr_scale,
+            "nonfinite_total": self.nonfinite_total,
+            "recoveries": self.recoveries,
+            "world_size": self.world,
+        }
+        writers = {
+            "weights.safetensors": lambda p: save_file(
+                {k: v.detach().contiguous().cpu() for k, v in self._weights_state().items()}, str(p)
+            ),
+            "optimizer.pt": lambda p: torch.save(self.optimizer.state_dict(), p),
+            "scheduler.pt": lambda p: torch.save(self.scheduler.state_dict(), p),
+            "loader.json": lambda p: p.write_text(json.dumps(self.loader.state_dict())),
+            "rng.pt": lambda p: torch.save(all_rng, p),
+            "trainer.json": lambda p: p.write_text(json.dumps(state)),
+            "config.json": lambda p: p.write_text(json.dumps(to_dict(self.config), indent=2)),
+        }
+        if self.ema is not None:
+            writers["ema.safetensors"] = lambda p: save_file(
+                {k: v.contiguous().cpu() for k, v in self.ema.state_dict().items()}, str(p)
+            )
+        folder = self.checkpointer.save(
+            self.step, writers, extra={"method": self.config.train.method}
+        )
+        self.accelerator.wait_for_everyone()
+        return folder
+
+    def load_checkpoint(self, folder: Path) -> None:
+        weights = load_file(str(folder / "weights.safetensors"))
+        if self.adapter is not None:
+            self.adapter.load_state_dict(weights)
+        else:
+            self.accelerator.unwrap_model(self.ddp_model).load_state_dict(weights)
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+        self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+        self.loader.load_state_dict(json.loads((folder / "loader.json").read_text()))
+        state = json.loads((folder / "trainer.json").read_text())
+        if state["world_size"] != self.world:
+            log.warning(
+                "checkpoint was written with %d processes, resuming with %d",
+                state["world_size"],
+                self.world,
+            )
+        rng = torch.load(folder / "rng.pt", weights_only=False)
+        mine = rng[self.rank] if self.rank < len(rng) else rng[0]
+        random.setstate(mine["python"])
+        np.random.set_state(mine["numpy"])
+        torch.set_rng_state(mine["torch"])
+        if mine["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(mine["cuda"])
+        if self.ema is not None:
+            self.ema.load_state_dict(load_file(str(folder / "ema.safetensors")))
+        self.step = state["step"]
+        self.nonfinite_total = state["nonfinite_total"]
+        self.recoveries = state["recoveries"]
+        self.lr_scale = state["lr_scale"]
+        log.info("resumed from %s (step %d)", folder, self.step)
+
+
+def adapter_spec(config: RunConfig):
+    """The :class:`AdapterSpec` of ``[train.lora]`` / ``[train.lokr]`` (defaults when absent)."""
+    from sanakit.train.adapters import AdapterSpec
+    from sanakit.train.config import LokrSection, LoraSection
+
+    t = config.train
+    if t.method == "lora":
+        s = t.lora or LoraSection()
+        alpha = s.alpha if s.alpha is not None else float(s.rank)
+        return AdapterSpec(
+            method="lora",
+            rank=s.rank,
+            alpha=alpha,
+            dropout=s.dropout,
+            target_modules=s.target_modules,
+        )
+    k = t.lokr or LokrSection()
+    return AdapterSpec(
+        method="lokr", rank=k.rank, alpha=k.alpha, factor=k.factor, target_modules=k.target_modules
+    )
+
+
+def _with_disabled(data, ids: set[str]):
+    import dataclasses
+
+    return dataclasses.replace(
+        data,
+        datasets=tuple(
+            dataclasses.replace(d, disabled=True) if d.id in ids else d for d in data.datasets
+        ),
+    )
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, int | float | str | bool):
+            out[f"{prefix}{k}"] = v
+        else:
+            out[f"{prefix}{k}"] = str(v)
+    return out
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
