@@ -73,7 +73,10 @@ class Trainer:
 
         AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(
-            mixed_precision=t.mixed_precision, log_with=log_with, project_dir=str(self.out / "logs")
+            mixed_precision=t.mixed_precision,
+            log_with=log_with,
+            project_dir=str(self.out / "logs"),
+            cpu=not torch.cuda.is_available(),  # without it a CPU launch is N separate runs
         )
         self.device = self.accelerator.device
         self.rank = self.accelerator.process_index
