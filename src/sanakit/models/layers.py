@@ -175,6 +175,53 @@ class CaptionProjection(nn.Module):
         return self.linear_2(F.gelu(self.linear_1(y), approximate="tanh"))
 
 
+class LinearAttentionCore(torch.autograd.Function):
+    """y = ReLU(q) (ReLU(k)^T [v, 1]) -> y_i = num_i / (den_i + eps), per (batch, head), in fp32.
+
+    Inputs (B, h, N, d) in any dtype (the projections' outputs, pre-ReLU); output fp32. Only
+    the three inputs are saved for backward (in their own dtype, bf16 under autocast): the fp32
+    intermediates (ReLU outputs, the padded value, the (N, d+1) products) are recomputed, which
+    costs two small (d x d+1) matmuls and saves ~3 fp32 (B, N, C) activations per block.
+
+    Backward, with K = [ReLU(k)], V1 = [v, 1], S = K^T V1 (d, d+1), o = ReLU(q) S:
+      g_o = [g_y / (den + eps), -sum(g_y * y) / (den + eps)]
+      g_q = (g_o S^T) * 1[q > 0];  g_S = ReLU(q)^T g_o;  g_k = (V1 g_S^T) * 1[k > 0];  g_v = (K g_S)[:, :d]
+    """
+
+    @staticmethod
+    def _products(q, k, v, eps):
+        dtype = torch.promote_types(q.dtype, torch.float32)  # fp32, or fp64 for gradcheck
+        qr, kr = F.relu(q.to(dtype)), F.relu(k.to(dtype))
+        v1 = F.pad(v.to(dtype), (0, 1), value=1.0)  # (B, h, N, d+1)
+        s = kr.transpose(-1, -2) @ v1  # (B, h, d, d+1)
+        o = qr @ s  # (B, h, N, d+1)
+        den = o[..., -1:] + eps
+        return qr, kr, v1, s, o[..., :-1] / den, den
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            y = LinearAttentionCore._products(q, k, v, eps)[4]
+        ctx.save_for_backward(q, k, v)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        q, k, v = ctx.saved_tensors
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            qr, kr, v1, s, y, den = LinearAttentionCore._products(q, k, v, ctx.eps)
+            grad_y = grad_y.to(y.dtype)
+            grad_num = grad_y / den
+            grad_den = -(grad_y * y).sum(-1, keepdim=True) / den
+            grad_o = torch.cat([grad_num, grad_den], dim=-1)  # (B, h, N, d+1)
+            grad_q = (grad_o @ s.transpose(-1, -2)) * (qr > 0)
+            grad_s = qr.transpose(-1, -2) @ grad_o  # (B, h, d, d+1)
+            grad_k = (v1 @ grad_s.transpose(-1, -2)) * (kr > 0)
+            grad_v = (kr @ grad_s)[..., :-1]
+        return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), None
+
+
 class LinearAttention(nn.Module):
     """ReLU-kernel linear self-attention (Katharopoulos et al., 2020; Sana §2.2).
 
@@ -202,17 +249,9 @@ class LinearAttention(nn.Module):
         q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            # (B, N, C) -> (B, h, N, d)
-            q, k, v = (
-                rearrange(t.float(), "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v)
-            )
-            q, k = F.relu(q), F.relu(k)
-            # a ones column on v makes one matmul give numerator and denominator:
-            # k^T [v, 1] = [sum_j k_j v_j^T, sum_j k_j]  (B, h, d, d+1)
-            kv = k.transpose(-1, -2) @ F.pad(v, (0, 1), value=1.0)
-            out = q @ kv  # (B, h, N, d+1)
-            out = out[..., :-1] / (out[..., -1:] + self.eps)
+        # (B, N, C) -> (B, h, N, d)
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
+        out = LinearAttentionCore.apply(q, k, v, self.eps)
         out = rearrange(out, "b h n d -> b n (h d)").to(dtype)
         out = self.to_out[0](out)
         if dtype == torch.float16:
