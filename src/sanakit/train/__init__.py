@@ -1,0 +1,1 @@
+"""Training: the trainer loop, adapters (LoRA/LoKr), EMA, checkpoints, optimizers, validation."""
