@@ -47,7 +47,12 @@ def build_transformer(
         overrides["timestep_norm_scale_factor"] = m.timestep_norm_scale_factor
     if m.preset:
         preset = get_preset(m.preset)
-        cfg = preset.replace(
+        unknown = set(m.preset_overrides or {}) - set(preset.__dataclass_fields__)
+        if unknown:
+            raise SanakitError(
+                f"model.preset_overrides: unknown model field(s) {', '.join(sorted(unknown))}"
+            )
+        cfg = preset.replace(**(m.preset_overrides or {})).replace(
             in_channels=latent_channels,
             out_channels=latent_channels,
             caption_channels=text_channels,

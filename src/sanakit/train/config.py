@@ -43,6 +43,7 @@ class ModelSection:
     base: str | None = None
     transformer: str | None = None
     preset: str | None = None
+    preset_overrides: dict[str, int | float | bool | str] | None = None  # e.g. {num_layers = 4}
     vae: str | None = None
     text_encoder: str | None = None
     autoencoder: Literal["dc-ae", "pixel-shuffle"] = "dc-ae"
@@ -59,6 +60,8 @@ class ModelSection:
             raise ConfigValueError(
                 self, "base", "set exactly one of model.base, model.transformer, model.preset"
             )
+        if self.preset_overrides is not None and not self.preset:
+            raise ConfigValueError(self, "preset_overrides", "is only used with model.preset")
         if self.autoencoder == "pixel-shuffle":
             if not self.pixel_shuffle_factor or self.pixel_shuffle_factor < 1:
                 raise ConfigValueError(
@@ -106,7 +109,7 @@ class LokrSection:
 
     factor: int = 16
     rank: int = 10000  # LyCORIS linear_dim; >= the factor's side means full-rank Kronecker factors
-    alpha: float = 1.0  # LyCORIS linear_alpha
+    alpha: float | None = None  # LyCORIS linear_alpha; only meaningful when rank is low
     target_modules: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
