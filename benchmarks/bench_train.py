@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench_transformer import peak_rss, reset_peak_rss
 from sanakit.train.config import run_config_from_dict
 from sanakit.train.objective import flow_matching_step, step_generator
 from sanakit.train.trainer import Trainer
@@ -144,20 +144,15 @@ class PlainLoop:
         return float(loss)
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
 def memory_child(args) -> None:
     trainer = Trainer(run_config_from_dict(config(Path(args.root), args)))
     side = trainer if args.memory_child == "sanakit" else PlainLoop(trainer, args)
     if args.memory_child == "diffusers":
         del trainer
     side.train_step()
-    base = _rss()
+    base = reset_peak_rss()
     side.train_step()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+    print(peak_rss() - base)
 
 
 def main() -> None:

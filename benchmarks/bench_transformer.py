@@ -106,13 +106,26 @@ def time_pair(args, config, dtype) -> dict[str, float]:
     return {impl: statistics.median(v) for impl, v in times.items()}
 
 
-def _rss_bytes() -> int:
+def reset_peak_rss() -> int:
+    """Reset the kernel's peak-RSS mark of this process (Linux clear_refs 5); returns the RSS."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def peak_rss() -> int:
+    """Peak RSS since the last reset (VmHWM), bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def peak_memory_child(args, config, dtype, impl: str) -> int:
-    """Runs in a fresh process: bytes of peak memory growth of one step after a warm-up step."""
+    """Runs in a fresh process: bytes of peak memory growth of one step after a warm-up step
+    (CPU: peak RSS above the RSS before the step, with the kernel's peak mark reset)."""
     model = build(impl, config, args.device, dtype)
     batch = inputs(config, args.batch, args.latent, args.text_len, args.device, dtype)
     if args.device.startswith("cuda"):
@@ -122,9 +135,11 @@ def peak_memory_child(args, config, dtype, impl: str) -> int:
         base = torch.cuda.memory_allocated()
         step(impl, model, batch)
         return torch.cuda.max_memory_allocated() - base
-    base = _rss_bytes()
+    step(impl, model, batch)  # warm-up: allocator caches, autocast weight casts
+    model.zero_grad(set_to_none=True)
+    base = reset_peak_rss()
     step(impl, model, batch)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return peak_rss() - base
 
 
 def peak_memory(args, dtype_name: str, impl: str) -> int:
