@@ -214,7 +214,16 @@ def test_two_processes_match_one_process_with_the_same_global_batch(run_dict, tm
     config = tmp_path / "two.json"
     config.write_text(json.dumps(two))
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sanakit.cli", "train", str(config)]
+    cmd += [
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "sanakit.cli",
+        "train",
+        str(config),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -224,4 +233,9 @@ def test_two_processes_match_one_process_with_the_same_global_batch(run_dict, tm
     # is shift-invariant), so they carry only round-off of the all-reduce order.
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
-    assert json.loads((tmp_path / "two" / "checkpoints" / "step-00000003" / "trainer.json").read_text())["world_size"] == 2
+    assert (
+        json.loads(
+            (tmp_path / "two" / "checkpoints" / "step-00000003" / "trainer.json").read_text()
+        )["world_size"]
+        == 2
+    )

@@ -152,7 +152,7 @@ class TrainSection:
     gradient_accumulation: int = 1
     max_steps: int | None = None
     epochs: int | None = None
-    grad_clip: float | None = 1.0
+    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
     mixed_precision: Precision = "bf16"
     gradient_checkpointing: bool = False
     gradient_checkpointing_interval: int = 1
@@ -198,8 +198,8 @@ class TrainSection:
             raise ConfigValueError(self, "flow_shift", "and auto_shift are exclusive; remove one")
         if self.flow_shift is not None and not self.flow_shift > 0:
             raise ConfigValueError(self, "flow_shift", "must be > 0")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigValueError(self, "grad_clip", "must be > 0 (omit it to disable clipping)")
+        if not self.grad_clip >= 0:
+            raise ConfigValueError(self, "grad_clip", "must be >= 0 (0 disables clipping)")
         if self.warmup_steps < 0:
             raise ConfigValueError(self, "warmup_steps", "must be >= 0")
         if self.warmup_steps and self.lr_scheduler == "constant":

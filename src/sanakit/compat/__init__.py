@@ -1,0 +1,10 @@
+"""Importers for other trainers' configurations (SimpleTuner's Sana quickstart setup)."""
+
+from sanakit.compat.simpletuner import (
+    ImportResult,
+    MappingEntry,
+    import_config,
+    is_simpletuner_config,
+)
+
+__all__ = ["ImportResult", "MappingEntry", "import_config", "is_simpletuner_config"]

@@ -1,0 +1,182 @@
+"""Shared machinery of the SimpleTuner importer: the mapping record, value coercion (SimpleTuner
+configs hold JSON types or strings such as ``"true"`` and ``"1e-4"``) and path resolution.
+
+Paths: SimpleTuner runs from its repository root, so ``"config/multidatabackend.json"`` in
+``config/config.json`` is relative to the *parent* of ``config/``. A relative path is looked up
+against, in order, the current directory, the parent of the config's folder and the config's
+folder; the first base where it exists wins and the mapping note says which. Paths that need not
+exist yet (output and cache folders) use the base where ``data_backend_config`` was found.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from sanakit.errors import SanakitError
+
+ABSENT = object()  # a key the SimpleTuner file does not set
+
+
+class MappingEntry(NamedTuple):
+    """One SimpleTuner setting and what became of it.
+
+    ``key``: the SimpleTuner key (``learning_rate``, ``multidatabackend.json[1].crop``,
+    ``lycoris_config.json:factor``); ``value``: as written; ``target``: the sanakit key it sets
+    (``train.lr``, ``data.datasets[1].crop``) or None when ignored/dropped; ``note``: why/how.
+    """
+
+    key: str
+    value: Any
+    target: str | None
+    note: str
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0", ""}
+OFF_STRINGS = {"", "false", "0", "none", "null", "no", "off"}
+
+
+def words(text: str) -> frozenset[str]:
+    """A set of names from a whitespace-separated block of text."""
+    return frozenset(text.split())
+
+
+def is_off(value: Any) -> bool:
+    """SimpleTuner's "not enabled" values: false, 0, empty, null, "none"."""
+    if value is None or value is False:
+        return True
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value == 0
+    if isinstance(value, str):
+        return value.strip().lower() in OFF_STRINGS
+    if isinstance(value, list | dict):
+        return not value
+    return False
+
+
+class Context:
+    """Collects the mapping of one import; raises or warns on unsupported keys."""
+
+    def __init__(self, allow_unsupported: bool) -> None:
+        self.allow_unsupported = allow_unsupported
+        self.entries: list[MappingEntry] = []
+        self.warnings: list[str] = []
+
+    def mapped(self, key: str, value: Any, target: str, note: str = "") -> None:
+        self.entries.append(MappingEntry(key, value, target, note))
+
+    def ignored(self, key: str, value: Any, reason: str) -> None:
+        self.entries.append(MappingEntry(key, value, None, f"ignored: {reason}"))
+
+    def unsupported(self, file: Path, key: str, value: Any, detail: str) -> None:
+        """Raise a one-line error, or (``allow_unsupported``) record a warning and drop it."""
+        if not self.allow_unsupported:
+            raise SanakitError(
+                f"{file}: {key} = {value!r} is not supported: {detail}; remove it "
+                f"(or pass --allow-unsupported to drop it with a warning)"
+            )
+        self.warnings.append(f"{key} = {value!r} dropped: {detail}")
+        self.entries.append(MappingEntry(key, value, None, f"UNSUPPORTED, dropped: {detail}"))
+
+
+def unknown_key(file: Path, key: str, known: Iterable[str]) -> SanakitError:
+    """The error for a key that is not a SimpleTuner option sanakit knows (likely a typo)."""
+    near = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]!r}?" if near else "see docs/simpletuner.md for the keys read"
+    return SanakitError(f"{file}: unknown SimpleTuner key {key!r}; {hint}")
+
+
+# ----------------------------------------------------------------------------- values
+def as_bool(file: Path, key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise SanakitError(f"{file}: {key} must be true or false, got {value!r}")
+
+
+def as_float(file: Path, key: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise SanakitError(f"{file}: {key} must be a number, got {value!r}")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise SanakitError(f"{file}: {key} must be a number, got {value!r}") from None
+    if not math.isfinite(out):
+        raise SanakitError(f"{file}: {key} must be a finite number, got {value!r}")
+    return out
+
+
+def as_int(file: Path, key: str, value: Any) -> int:
+    out = as_float(file, key, value)
+    if out != int(out):
+        raise SanakitError(f"{file}: {key} must be a whole number, got {value!r}")
+    return int(out)
+
+
+def as_str(file: Path, key: str, value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise SanakitError(f"{file}: {key} must be a string, got {value!r}")
+
+
+def normalise_keys(file: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """``{"--seed": 1}`` -> ``{"seed": 1}``; a key given both with and without ``--`` is an
+    error (SimpleTuner accepts both spellings)."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key[2:] if key.startswith("--") else key
+        if name in out:
+            raise SanakitError(f"{file}: {name!r} is given twice (with and without '--')")
+        out[name] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- paths
+class PathResolver:
+    """Resolves SimpleTuner's relative paths (see the module docstring)."""
+
+    def __init__(self, config_file: Path, cwd: Path | None = None) -> None:
+        cwd = (cwd or Path.cwd()).resolve()
+        folder = config_file.resolve().parent
+        candidates = [
+            ("the current directory", cwd),
+            ("the parent of the config's folder", folder.parent),
+            ("the config's folder", folder),
+        ]
+        self.bases: list[tuple[str, Path]] = []
+        for label, base in candidates:
+            if all(base != b for _, b in self.bases):
+                self.bases.append((label, base))
+        self.root: tuple[str, Path] = self.bases[0]
+
+    def find(self, value: str) -> tuple[Path, str] | None:
+        """An existing file/folder for ``value`` and how it was found, or None."""
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            return (path, "absolute path") if path.exists() else None
+        for label, base in self.bases:
+            if (base / path).exists():
+                return (base / path).resolve(), f"relative to {label}"
+        return None
+
+    def place(self, value: str) -> tuple[Path, str]:
+        """Where ``value`` goes when it need not exist: relative paths join the root base."""
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            return path, "absolute path"
+        label, base = self.root
+        return (base / path).resolve(), f"relative to {label}"
+
+    def locate(self, value: str) -> tuple[Path, str]:
+        """An existing path if there is one, else :meth:`place`."""
+        return self.find(value) or self.place(value)
+
+    def tried(self, value: str) -> str:
+        return ", ".join(str(base / value) for _, base in self.bases)

@@ -1,0 +1,435 @@
+"""SimpleTuner's ``multidatabackend.json`` -> sanakit's ``[data]`` and ``[[data.datasets]]``.
+
+SimpleTuner's per-dataset defaults are applied where an entry leaves a key out (they differ from
+sanakit's): ``crop`` false, ``crop_aspect`` "square", ``crop_style`` "random", ``resolution`` /
+``resolution_type`` / ``minimum_image_size`` / ``caption_strategy`` from config.json (SimpleTuner:
+1024, "pixel_area", none, "filename"). With ``resolution_type = "pixel_area"`` SimpleTuner reads
+sizes <= 10 as megapixels; they become pixel edges sqrt(MP * 1e6) here. ``repeats`` has the same
+meaning in both (every image is seen 1 + repeats times per epoch).
+
+SimpleTuner keeps a VAE cache per dataset (``cache_dir_vae``) and a text cache per
+``text_embeds`` entry; sanakit keeps one content-keyed cache for both, ``data.cache_dir``: the
+folder ``sanakit`` inside the common parent of those folders.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from sanakit.compat.st_captions import captions
+from sanakit.compat.st_common import (
+    Context,
+    PathResolver,
+    as_bool,
+    as_float,
+    as_int,
+    as_str,
+    is_off,
+)
+from sanakit.errors import SanakitError
+
+_IGNORED = {
+    "skip_file_discovery": "sanakit re-reads only changed files (by size and modification time)",
+    "preserve_data_backend_cache": "sanakit re-reads only changed files",
+    "metadata_update_interval": "sanakit lists each dataset once per run",
+    "hash_filenames": "cache naming only",
+    "text_embeds": "sanakit keeps all text embeddings in data.cache_dir",
+    "image_embeds": "sanakit keeps all latents in data.cache_dir",
+    "delete_problematic_images": "sanakit never deletes files; bad images are skipped and listed "
+    "in cache_report.json",
+    "delete_unwanted_images": "sanakit never deletes files; filtered images are skipped and listed",
+    "vae_cache_ondemand": "sanakit always caches latents before training",
+    "vae_cache_disable": "sanakit always caches latents before training",
+    "ignore_epochs": "deprecated in SimpleTuner; does nothing",
+    "probability": "SimpleTuner uses up every dataset once per epoch (probability only orders "
+    "them within the epoch); sanakit's default weights images x (1 + repeats) give the same "
+    "per-epoch mix, while a sanakit probability would change it",
+}
+_OFF_ONLY = {
+    "minimum_aspect_ratio": "sanakit has no aspect-ratio filter",
+    "maximum_aspect_ratio": "sanakit has no aspect-ratio filter",
+    "max_upscale_threshold": "sanakit has no upscale limit (use minimum_image_size)",
+    "max_num_samples": "sanakit uses every image of a dataset",
+    "timestep_sampling_offset": "sanakit samples timesteps the same way for every dataset",
+    "caption_shuffle": "caption shuffling is not implemented",
+    "caption_filter_list": "caption filtering is not implemented",
+    "disable_multiline_split": "sanakit reads one caption per line of a caption file",
+    "start_epoch": "datasets are active for the whole run",
+    "start_step": "datasets are active for the whole run",
+    "end_epoch": "datasets are active for the whole run",
+    "end_step": "datasets are active for the whole run",
+    "conditioning": "sanakit trains text-to-image only",
+    "conditioning_data": "sanakit trains text-to-image only",
+    "conditioning_type": "sanakit trains text-to-image only",
+    "slider_strength": "slider training is not implemented",
+    "crop_aspect_buckets": "sanakit's crop_aspect 'closest' uses Sana's own aspect table",
+    "prepend_instance_prompt": "sanakit does not prepend; write the trigger word into the "
+    "captions or use caption_strategy 'instanceprompt'",
+    "fallback_caption_column": "sanakit has no fallback caption column",
+}
+_MAPPED = {
+    "id",
+    "type",
+    "dataset_type",
+    "instance_data_dir",
+    "caption_strategy",
+    "instance_prompt",
+    "only_instance_prompt",
+    "crop",
+    "crop_style",
+    "crop_aspect",
+    "resolution",
+    "resolution_type",
+    "minimum_image_size",
+    "maximum_image_size",
+    "target_downsample_size",
+    "repeats",
+    "is_regularisation_data",
+    "is_regularization_data",
+    "disabled",
+    "disable",
+    "caption_dropout_probability",
+    "cache_dir_vae",
+    "metadata_backend",
+    "parquet",
+    "vae_cache_clear_each_epoch",
+    "train_batch_size",
+    "cache_dir",
+    "default",
+    "write_batch_size",
+    "text_encoder_batch_size",
+    "text_cache_ondemand",
+    "text_cache_disable",
+}
+KNOWN = _MAPPED | set(_IGNORED) | set(_OFF_ONLY)
+_CACHE_KEYS = ("cache_dir", "default", "write_batch_size", "text_encoder_batch_size")
+_CACHE_KEYS += ("text_cache_ondemand", "text_cache_disable")
+_SIZES = ("minimum_image_size", "maximum_image_size", "target_downsample_size")
+
+
+def import_backends(
+    file: Path,
+    ctx: Context,
+    paths: PathResolver,
+    defaults: dict[str, Any],
+    *,
+    method: str,
+    batch_size: int,
+) -> dict[str, Any]:
+    """Read ``file`` and return the ``[data]`` table (datasets + cache_dir).
+
+    ``defaults`` holds config.json's dataset-wide keys (``resolution``, ``resolution_type``,
+    ``minimum_image_size``, ``caption_strategy``, ``caption_dropout_probability``).
+    """
+    try:
+        backends = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SanakitError(f"{file}: cannot read the data backend config: {err}") from None
+    if not isinstance(backends, list) or not all(isinstance(b, dict) for b in backends):
+        raise SanakitError(f"{file}: a multidatabackend config must be a JSON list of objects")
+    datasets: list[dict[str, Any]] = []
+    caches: list[Path] = []
+    for i, entry in enumerate(backends):
+        label = f"{file.name}[{i}]"
+        for key in entry:
+            if key not in KNOWN:
+                near = difflib.get_close_matches(key, sorted(KNOWN), n=1, cutoff=0.6)
+                hint = f"did you mean {near[0]!r}?" if near else "see docs/simpletuner.md"
+                raise SanakitError(f"{file}: unknown key {label}.{key}; {hint}")
+        kind = entry.get("dataset_type", "image")
+        if kind in ("text_embeds", "image_embeds"):
+            caches += _cache_entry(file, label, entry, kind, ctx, paths)
+            continue
+        if kind != "image":
+            ctx.unsupported(file, f"{label}.dataset_type", kind, "sanakit trains on images only")
+            continue
+        where = f"data.datasets[{len(datasets)}]"
+        ds = _image_entry(file, label, where, entry, ctx, paths, defaults, method, batch_size)
+        if ds is None:
+            continue
+        if "cache_dir_vae" in entry:
+            path, how = paths.place(as_str(file, "cache_dir_vae", entry["cache_dir_vae"]))
+            caches.append(path)
+            ctx.mapped(f"{label}.cache_dir_vae", entry["cache_dir_vae"], "data.cache_dir", how)
+        datasets.append(ds)
+    if not datasets:
+        raise SanakitError(f"{file}: no image dataset (every entry is a cache or was dropped)")
+    return {"datasets": datasets, "cache_dir": str(_one_cache_dir(caches, paths))}
+
+
+def _one_cache_dir(caches: list[Path], paths: PathResolver) -> Path:
+    """``sanakit`` inside the common parent of SimpleTuner's cache folders (or ``cache``)."""
+    if not caches:
+        return paths.place("cache")[0] / "sanakit"
+    common = Path(os.path.commonpath([str(c) for c in caches]))
+    if common == paths.root[1] or common == Path(common.anchor):
+        common = caches[-1]
+    return common / "sanakit"
+
+
+def _cache_entry(
+    file: Path, label: str, entry: dict[str, Any], kind: str, ctx: Context, paths: PathResolver
+) -> list[Path]:
+    found: list[Path] = []
+    for key, value in entry.items():
+        where = f"{label}.{key}"
+        if key == "type":
+            if value not in ("local", "memory"):
+                ctx.unsupported(file, where, value, "sanakit keeps its cache on a local disk")
+            else:
+                ctx.ignored(where, value, "a local cache")
+        elif key == "cache_dir":
+            path, how = paths.place(as_str(file, where, value))
+            found.append(path)
+            what = "text embeddings" if kind == "text_embeds" else "latents"
+            ctx.mapped(where, value, "data.cache_dir", f"{what} go to data.cache_dir ({how})")
+        elif key in ("disabled", "disable"):
+            ctx.ignored(where, value, "sanakit always keeps its cache in data.cache_dir")
+        else:
+            why = {
+                "id": f"the {kind} entry; sanakit keeps these in data.cache_dir",
+                "dataset_type": f"{kind}: sanakit keeps one cache for latents and text embeddings",
+                "default": "sanakit keeps all text embeddings (validation prompts too) in one cache",
+            }.get(key, "a cache speed/storage option")
+            ctx.ignored(where, value, why)
+    return found
+
+
+def _pick(entry: dict[str, Any], defaults: dict[str, Any], key: str, fallback: Any) -> Any:
+    """An entry's value, else config.json's, else SimpleTuner's default."""
+    if key in entry:
+        return entry[key]
+    return defaults.get(key, fallback)
+
+
+def _dataset_id(file: Path, label: str, where: str, entry: dict[str, Any], ctx: Context) -> str:
+    if "id" not in entry:
+        raise SanakitError(f"{file}: {label} has no 'id'")
+    raw = str(entry["id"])
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-._") or label.replace("[", "-")[:-1]
+    note = "" if clean == raw else "sanakit ids use letters, digits, '.', '_' and '-'"
+    ctx.mapped(f"{label}.id", raw, f"{where}.id", note)
+    return clean
+
+
+def _image_entry(
+    file: Path,
+    label: str,
+    where: str,
+    entry: dict[str, Any],
+    ctx: Context,
+    paths: PathResolver,
+    defaults: dict[str, Any],
+    method: str,
+    batch_size: int,
+) -> dict[str, Any] | None:
+    """One image dataset (None when its backend type is unsupported and dropped)."""
+    ds: dict[str, Any] = {"id": _dataset_id(file, label, where, entry, ctx)}
+
+    def put(key: str, value: Any, target: str, note: str = "", shown: Any = None) -> None:
+        ds[target] = value
+        ctx.mapped(f"{label}.{key}", entry.get(key, shown), f"{where}.{target}", note)
+
+    kind = entry.get("type", "local")
+    if kind != "local":
+        ctx.unsupported(
+            file,
+            f"{label}.type",
+            kind,
+            "sanakit reads local folders here; for other sources write a sanakit "
+            "[[data.datasets]] (manifest/hf/webdataset)",
+        )
+        for key, value in entry.items():  # the whole dataset is dropped
+            if key != "type":
+                ctx.ignored(f"{label}.{key}", value, f"its dataset (type {kind!r}) is dropped")
+        return None
+    ctx.mapped(f"{label}.type", kind, f"{where}.type", "local -> folder")
+    if "dataset_type" in entry:
+        ctx.ignored(f"{label}.dataset_type", entry["dataset_type"], "image, the default")
+    if "instance_data_dir" not in entry:
+        raise SanakitError(f"{file}: {label} has no instance_data_dir")
+    folder, how = paths.locate(as_str(file, "instance_data_dir", entry["instance_data_dir"]))
+    put("instance_data_dir", str(folder), "path", how)
+    captions(file, label, where, entry, ctx, paths, defaults, ds, folder)
+    _crop(file, label, entry, ctx, put)
+    _sizes(file, label, entry, ctx, defaults, put, ds)
+    repeats = entry.get("repeats")
+    if "repeats" in entry:
+        put(
+            "repeats",
+            as_int(file, "repeats", repeats) if repeats else 0,
+            "repeats",
+            "same meaning: every image is seen 1 + repeats times per epoch",
+        )
+    for key in ("is_regularisation_data", "is_regularization_data"):
+        if key in entry:
+            value = as_bool(file, key, entry[key])
+            if value and method != "full":
+                ctx.unsupported(
+                    file,
+                    f"{label}.{key}",
+                    entry[key],
+                    "SimpleTuner trains adapters "
+                    "on regularisation data towards the base model's prediction; "
+                    "sanakit's trainer does not",
+                )
+            else:
+                put(
+                    key,
+                    value,
+                    "is_regularisation_data",
+                    "full fine-tune: trained as ordinary "
+                    "data in both (SimpleTuner only logs its loss separately)",
+                )
+    for key in ("disabled", "disable"):
+        if key in entry:
+            put(key, as_bool(file, key, entry[key]), "disabled")
+    drop = _pick(entry, defaults, "caption_dropout_probability", None)
+    if drop is not None and not is_off(drop):
+        note = "" if "caption_dropout_probability" in entry else "from config.json"
+        put(
+            "caption_dropout_probability",
+            as_float(file, "caption_dropout_probability", drop),
+            "caption_dropout",
+            note,
+            shown=drop,
+        )
+    elif "caption_dropout_probability" in entry:
+        ctx.ignored(f"{label}.caption_dropout_probability", drop, "0: no caption dropout")
+    for key, value in entry.items():
+        _other(file, f"{label}.{key}", key, value, ctx, ds, batch_size)
+    return ds
+
+
+def _other(
+    file: Path, where: str, key: str, value: Any, ctx: Context, ds: dict[str, Any], batch: int
+) -> None:
+    """The keys not mapped above: ignored, off-only, or small special cases."""
+    if key in _IGNORED:
+        ctx.ignored(where, value, _IGNORED[key])
+    elif key in _OFF_ONLY:
+        if is_off(value):
+            ctx.ignored(where, value, "off")
+        else:
+            ctx.unsupported(file, where, value, _OFF_ONLY[key])
+    elif key == "metadata_backend":
+        if value in ("discovery", "parquet", None):
+            ctx.ignored(where, value, "sanakit reads image sizes from the files itself")
+        else:
+            ctx.unsupported(file, where, value, "sanakit reads local folders and parquet files")
+    elif key == "vae_cache_clear_each_epoch":
+        random = ds.get("crop") and ds.get("crop_style") == "random"
+        if is_off(value) or not random:
+            ctx.ignored(where, value, "crops are fixed, so re-encoding gives the same latents")
+        else:
+            ctx.unsupported(
+                file,
+                where,
+                value,
+                "sanakit caches one seeded random crop per image; "
+                "SimpleTuner re-draws crops every epoch with this on",
+            )
+    elif key in _CACHE_KEYS:
+        ctx.ignored(where, value, "only used by text_embeds / image_embeds entries")
+    elif key == "train_batch_size":
+        if as_int(file, key, value) == batch:
+            ctx.ignored(where, value, "equals train_batch_size")
+        else:
+            ctx.unsupported(file, where, value, "sanakit uses one batch size for all datasets")
+
+
+def _crop(file: Path, label: str, entry: dict[str, Any], ctx: Context, put: Any) -> None:
+    crop = as_bool(file, "crop", entry.get("crop", False))
+    put("crop", crop, "crop", "" if "crop" in entry else "SimpleTuner's default false", False)
+    if not crop:
+        for key in ("crop_style", "crop_aspect"):
+            if key in entry:
+                ctx.ignored(f"{label}.{key}", entry[key], "crop is false")
+        return
+    style = entry.get("crop_style", "random")
+    styles = {"center": "center", "centre": "center", "random": "random"}
+    if style not in styles:
+        ctx.unsupported(file, f"{label}.crop_style", style, "sanakit crops 'center' or 'random'")
+    else:
+        note = "one seeded random crop per image, cached" if style == "random" else ""
+        if "crop_style" not in entry:
+            note = f"SimpleTuner's default; {note}"
+        put("crop_style", styles[style], "crop_style", note, style)
+    aspect = entry.get("crop_aspect", "square")
+    if aspect in ("square", "preserve", "closest"):
+        note = "Sana's aspect-bucket table" if aspect == "closest" else ""
+        note = note if "crop_aspect" in entry else "SimpleTuner's default"
+        put("crop_aspect", aspect, "crop_aspect", note, aspect)
+    else:
+        ctx.unsupported(file, f"{label}.crop_aspect", aspect, "use square, preserve or closest")
+
+
+def _sizes(
+    file: Path,
+    label: str,
+    entry: dict[str, Any],
+    ctx: Context,
+    defaults: dict[str, Any],
+    put: Any,
+    ds: dict[str, Any],
+) -> None:
+    res = as_float(file, "resolution", _pick(entry, defaults, "resolution", 1024))
+    kind = _pick(entry, defaults, "resolution_type", "pixel_area")
+    if kind not in ("pixel", "area", "pixel_area"):
+        raise SanakitError(f"{file}: {label}.resolution_type must be pixel, area or pixel_area")
+    origin = (
+        ""
+        if "resolution" in entry
+        else "from config.json"
+        if "resolution" in defaults
+        else "SimpleTuner's default"
+    )
+    put("resolution", res, "resolution", origin, res)
+    origin = "" if "resolution_type" in entry else "default"
+    put("resolution_type", kind, "resolution_type", origin, kind)
+    sizes: dict[str, float] = {}
+    for key in _SIZES:
+        value = _pick(entry, defaults, key, None)
+        if value is None or is_off(value):
+            if key in entry:
+                ctx.ignored(f"{label}.{key}", value, "0/none: no limit")
+            continue
+        size = as_float(file, key, value)
+        note = "" if key in entry else "from config.json"
+        if kind == "pixel_area" and size <= 10:
+            size = math.sqrt(size * 1e6)
+            note = f"{value} MP (SimpleTuner reads sizes <= 10 as megapixels) = {size:.0f} px edge"
+        sizes[key] = size
+        if key == "minimum_image_size":
+            put(key, size, key, note, value)
+    maximum, target = sizes.get("maximum_image_size"), sizes.get("target_downsample_size")
+    if maximum is None or target is None or not ds.get("crop"):
+        why = (
+            (
+                "crop is false: the image is resized straight to its bucket, so the pre-crop "
+                "downsample does nothing"
+            )
+            if not ds.get("crop")
+            else (
+                "SimpleTuner downsamples only when both maximum_image_size and "
+                "target_downsample_size are set"
+            )
+        )
+        for key in ("maximum_image_size", "target_downsample_size"):
+            if key in sizes:
+                ctx.ignored(f"{label}.{key}", _pick(entry, defaults, key, None), why)
+        return
+    put("maximum_image_size", maximum, "maximum_image_size", "", entry.get("maximum_image_size"))
+    put(
+        "target_downsample_size",
+        target,
+        "target_downsample_size",
+        "",
+        entry.get("target_downsample_size"),
+    )

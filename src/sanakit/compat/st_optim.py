@@ -1,0 +1,298 @@
+"""config.json keys of the training loop -> ``[train]``: run length, optimizer, learning-rate
+schedule, gradient clipping, timestep shift, EMA, batch size, precision and checkpointing.
+(Functions of :class:`sanakit.compat.st_trainer.TrainerKeys`, split off to keep files short.)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sanakit.compat.st_common import ABSENT, as_bool, as_float, as_int, as_str, is_off
+from sanakit.errors import SanakitError
+
+if TYPE_CHECKING:
+    from sanakit.compat.st_trainer import TrainerKeys
+
+_PAGED = (
+    "the paged variant only moves optimizer state to CPU RAM under memory pressure; sanakit "
+    "uses the non-paged optimizer (same update)"
+)
+# SimpleTuner name -> (sanakit optimizer, SimpleTuner's default settings for it, note)
+OPTIMIZERS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "optimi-adamw": (
+        "optimi-adamw",
+        {"betas": [0.9, 0.99], "eps": 1e-6, "weight_decay": 0.0},
+        "torch-optimi AdamW with SimpleTuner's settings",
+    ),
+    "adamw_bf16": (
+        "adamw",
+        {"betas": [0.9, 0.999], "eps": 1e-6, "weight_decay": 1e-2},
+        "SimpleTuner's AdamW for pure-bf16 weights (stochastic rounding); sanakit runs torch "
+        "AdamW with the same settings on fp32 weights under mixed-precision autocast",
+    ),
+    "torch-adamw": ("adamw", {"betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 1e-2}, ""),
+    "adamw": ("adamw", {"betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 1e-2}, "torch AdamW"),
+    "bnb-adamw8bit": ("adamw8bit", {"betas": [0.9, 0.999], "eps": 1e-6, "weight_decay": 1e-2}, ""),
+    "bnb-adamw8bit-paged": (
+        "adamw8bit",
+        {"betas": [0.9, 0.999], "eps": 1e-6, "weight_decay": 1e-2},
+        _PAGED,
+    ),
+    "bnb-lion8bit": ("lion8bit", {"betas": [0.9, 0.99], "weight_decay": 0.0}, ""),
+    "bnb-lion8bit-paged": ("lion8bit", {"betas": [0.9, 0.99], "weight_decay": 0.0}, _PAGED),
+}
+_SHIFT_NOTE = (
+    "sanakit really shifts the training timestep distribution (SimpleTuner ignores this for "
+    "Sana and uses the scheduler's own table)"
+)
+
+
+# ------------------------------------------------------------------ schedule
+def run_length(k: TrainerKeys) -> None:
+    """max_train_steps / num_train_epochs (0 = unset) -> train.max_steps / train.epochs."""
+    steps, epochs = k.take("max_train_steps"), k.take("num_train_epochs")
+    steps = None if steps is ABSENT or is_off(steps) else as_int(k.file, "max_train_steps", steps)
+    epochs = (
+        None if epochs is ABSENT or is_off(epochs) else as_int(k.file, "num_train_epochs", epochs)
+    )
+    if steps is not None:
+        k.put("max_train_steps", "train.max_steps", steps)
+        if epochs is not None:
+            k.ctx.unsupported(
+                k.file,
+                "num_train_epochs",
+                epochs,
+                "SimpleTuner stops at "
+                "whichever limit comes first; sanakit takes one: set "
+                "num_train_epochs to 0",
+            )
+        elif "num_train_epochs" in k.raw:
+            k.ctx.ignored("num_train_epochs", k.raw["num_train_epochs"], "0: steps rule")
+        return
+    if epochs is None and "num_train_epochs" in k.raw:
+        raise SanakitError(f"{k.file}: set max_train_steps or num_train_epochs above 0")
+    if "max_train_steps" in k.raw:
+        k.ctx.ignored("max_train_steps", k.raw["max_train_steps"], "0: epochs rule")
+    k.put(
+        "num_train_epochs",
+        "train.epochs",
+        epochs or 1,
+        "" if epochs else "SimpleTuner's default: 1 epoch",
+    )
+
+
+def optimizer(k: TrainerKeys) -> None:
+    """optimizer (+ SimpleTuner's betas/eps/weight_decay for it), optimizer_config,
+    learning_rate, lr_scheduler, lr_warmup_steps, then gradient clipping."""
+    name = k.take("optimizer")
+    if name is not ABSENT:
+        if name not in OPTIMIZERS:
+            ours = ", ".join(sorted(OPTIMIZERS))
+            k.ctx.unsupported(k.file, "optimizer", name, f"sanakit maps {ours}")
+        else:
+            target, settings, note = OPTIMIZERS[name]
+            k.put("optimizer", "train.optimizer", target, note)
+            for key, value in settings.items():
+                k.assign(f"train.{key}", value)
+            text = ", ".join(f"{key}={value}" for key, value in settings.items())
+            k.ctx.mapped(
+                "optimizer",
+                name,
+                "train." + "/".join(settings),
+                f"SimpleTuner's defaults for {name}: {text}",
+            )
+    config = k.take("optimizer_config")
+    if config is not ABSENT and not is_off(config):
+        for item in as_str(k.file, "optimizer_config", config).split(","):
+            key, _, value = item.partition("=")
+            key = key.strip()
+            if key in ("weight_decay", "eps"):
+                k.assign(f"train.{key}", as_float(k.file, f"optimizer_config.{key}", value))
+                k.ctx.mapped(f"optimizer_config.{key}", value, f"train.{key}")
+            else:
+                k.ctx.unsupported(
+                    k.file,
+                    f"optimizer_config.{key}",
+                    value,
+                    "sanakit reads weight_decay and eps only",
+                )
+    elif config is not ABSENT:
+        k.ctx.ignored("optimizer_config", config, "empty")
+    k.direct("learning_rate", "train.lr", as_float)
+    warmup = k.direct("lr_warmup_steps", "train.warmup_steps", as_int)
+    schedule = k.take("lr_scheduler")
+    if schedule is ABSENT:
+        if warmup not in (ABSENT, 0):
+            k.put(
+                "lr_scheduler",
+                "train.lr_scheduler",
+                "constant_with_warmup",
+                "SimpleTuner's default",
+            )
+    elif schedule == "constant" and warmup not in (ABSENT, 0):
+        k.put(
+            "lr_scheduler",
+            "train.lr_scheduler",
+            "constant_with_warmup",
+            "SimpleTuner turns constant + lr_warmup_steps into constant_with_warmup",
+        )
+    elif schedule in ("constant", "constant_with_warmup", "linear"):
+        k.put("lr_scheduler", "train.lr_scheduler", schedule, "same schedule")
+    else:
+        detail = (
+            "SimpleTuner's cosine is a restarting cosine with period lr_warmup_steps"
+            if schedule == "cosine"
+            else "no sanakit equivalent"
+        )
+        k.ctx.unsupported(
+            k.file,
+            "lr_scheduler",
+            schedule,
+            f"{detail}; use constant, constant_with_warmup or linear",
+        )
+        if warmup not in (ABSENT, 0):  # dropped: keep the warm-up with a constant rate after it
+            k.assign("train.lr_scheduler", "constant_with_warmup")
+    clip(k)
+
+
+def clip(k: TrainerKeys) -> None:
+    """max_grad_norm with grad_clip_method "norm" -> train.grad_clip (global-norm clipping)."""
+    norm, method = k.take("max_grad_norm"), k.take("grad_clip_method")
+    if norm is ABSENT and method is ABSENT:
+        return
+    how = "value" if method is ABSENT else str(method)
+    if how == "norm":
+        value = 2.0 if norm is ABSENT else as_float(k.file, "max_grad_norm", norm)
+        note = "global-norm clipping" + (
+            "" if norm is not ABSENT else " at SimpleTuner's default 2.0"
+        )
+        if value <= 0:
+            value, note = 0.0, "no clipping (sanakit's grad_clip = 0)"
+        k.put("max_grad_norm", "train.grad_clip", value, note)
+        k.ctx.ignored("grad_clip_method", method, "norm, as sanakit's grad_clip")
+        return
+    key = "grad_clip_method" if method is not ABSENT else "max_grad_norm"
+    k.ctx.unsupported(
+        k.file,
+        key,
+        k.raw[key],
+        "SimpleTuner clips each gradient "
+        "value (grad_clip_method 'value', its default); sanakit clips the "
+        "global norm: set grad_clip_method to 'norm'",
+    )
+
+
+def flow(k: TrainerKeys) -> None:
+    """Timestep options: sigma' = s*sigma / (1 + (s-1)*sigma) with s = flow_schedule_shift, or
+    s = exp(mu(tokens)) with flow_schedule_auto_shift; uniform sampling."""
+    auto = k.take("flow_schedule_auto_shift")
+    auto = False if auto is ABSENT else as_bool(k.file, "flow_schedule_auto_shift", auto)
+    if auto:
+        k.put(
+            "flow_schedule_auto_shift",
+            "train.auto_shift",
+            True,
+            _SHIFT_NOTE + "; shift = exp(mu), mu linear in the latent token count",
+        )
+    elif "flow_schedule_auto_shift" in k.raw:
+        k.ctx.ignored("flow_schedule_auto_shift", k.raw["flow_schedule_auto_shift"], "off")
+    shift = k.take("flow_schedule_shift")
+    if shift is not ABSENT and shift is not None:
+        if auto:
+            k.ctx.ignored("flow_schedule_shift", shift, "flow_schedule_auto_shift wins")
+        else:
+            value = as_float(k.file, "flow_schedule_shift", shift)
+            k.put("flow_schedule_shift", "train.flow_shift", value, _SHIFT_NOTE)
+    uniform = k.take("flow_use_uniform_schedule")
+    if uniform is not ABSENT:
+        if as_bool(k.file, "flow_use_uniform_schedule", uniform):
+            k.put(
+                "flow_use_uniform_schedule",
+                "train.timestep_sampling",
+                "uniform",
+                _SHIFT_NOTE.replace("shifts", "changes"),
+            )
+        else:
+            k.ctx.ignored("flow_use_uniform_schedule", uniform, "off: logit-normal")
+
+
+def ema(k: TrainerKeys) -> None:
+    """use_ema and its settings -> [train.ema] (shadow <- d*shadow + (1-d)*w)."""
+    on = k.take("use_ema")
+    on = False if on is ABSENT else as_bool(k.file, "use_ema", on)
+    keys = ("ema_decay", "ema_update_interval", "ema_cpu_only", "ema_device", "ema_validation")
+    if not on:
+        for key in keys:
+            if k.take(key) is not ABSENT:
+                k.ctx.ignored(key, k.raw[key], "use_ema is off")
+        if "use_ema" in k.raw:
+            k.ctx.ignored("use_ema", k.raw["use_ema"], "off")
+        return
+    k.assign("train.ema", {})
+    k.ctx.mapped("use_ema", k.raw["use_ema"], "train.ema", "EMA on")
+    if k.direct("ema_decay", "train.ema.decay", as_float) is ABSENT:
+        k.put(
+            "ema_decay",
+            "train.ema.decay",
+            0.995,
+            "SimpleTuner's default "
+            "0.995; SimpleTuner ramps it as min(decay, (1+n)/(10+n)), sanakit "
+            "uses it from the first step",
+        )
+    k.direct("ema_update_interval", "train.ema.update_every", as_int)
+    for key in ("ema_cpu_only", "ema_device"):
+        value = k.take(key)
+        if value is not ABSENT:
+            if key == "ema_device":
+                cpu = str(value).lower() == "cpu"
+            else:
+                cpu = as_bool(k.file, key, value)
+            ema = k.tables["train"]["ema"]
+            ema["on_cpu"] = cpu or ema.get("on_cpu", False)
+            k.ctx.mapped(key, value, "train.ema.on_cpu")
+    mode = k.take("ema_validation")
+    if mode is not ABSENT:
+        if mode == "comparison":
+            k.ctx.ignored(
+                "ema_validation",
+                mode,
+                "sanakit validates both the trained and the EMA weights when EMA is on",
+            )
+        else:
+            k.ctx.unsupported(
+                k.file,
+                "ema_validation",
+                mode,
+                "sanakit validates both the trained and the EMA weights (comparison)",
+            )
+
+
+def simple(k: TrainerKeys) -> None:
+    """Batch size, accumulation, precision and gradient checkpointing (+ interval)."""
+    k.direct("train_batch_size", "train.batch_size", as_int)
+    k.direct("gradient_accumulation_steps", "train.gradient_accumulation", as_int)
+    precision = k.take("mixed_precision")
+    if precision is not ABSENT:
+        if precision in ("bf16", "fp16", "no"):
+            k.put("mixed_precision", "train.mixed_precision", precision)
+        else:
+            k.ctx.unsupported(k.file, "mixed_precision", precision, "use bf16, fp16 or no")
+    on = k.direct("gradient_checkpointing", "train.gradient_checkpointing", as_bool)
+    interval = k.take("gradient_checkpointing_interval")
+    if interval is ABSENT:
+        return
+    if is_off(interval) or as_int(k.file, "gradient_checkpointing_interval", interval) == 1:
+        k.ctx.ignored("gradient_checkpointing_interval", interval, "every block (default)")
+    elif on is not True:
+        k.ctx.ignored(
+            "gradient_checkpointing_interval",
+            interval,
+            "no effect without gradient_checkpointing",
+        )
+    else:
+        k.put(
+            "gradient_checkpointing_interval",
+            "train.gradient_checkpointing_interval",
+            as_int(k.file, "gradient_checkpointing_interval", interval),
+            "checkpoint every n-th block",
+        )
