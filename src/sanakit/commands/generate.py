@@ -1,0 +1,219 @@
+"""``sanakit generate``: text → PNG files with a diffusers-format Sana pipeline folder.
+
+Each prompt ``i`` gets ``--num-images`` images with seeds ``seed, seed + 1, ...`` (the same seeds
+for every prompt), written as ``OUT/{i:04d}-{seed}.png`` (or to ``OUT`` itself when it ends in
+``.png`` and one image is made) with the prompt, seed and settings in the PNG text chunks.
+Arguments are checked before any model is loaded; heavy imports happen only in :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sanakit.errors import SanakitError
+
+DOWNSAMPLE = 32  # DC-AE: image sides must be multiples of 32 without resolution binning
+DTYPES = ("bf16", "fp32")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="generate images from text prompts",
+        description="Generate PNG images from text prompts with a Sana model folder.",
+    )
+    parser.add_argument("prompt", nargs="?", help="the prompt (or use --prompts-file)")
+    parser.add_argument(
+        "--prompts-file", type=Path, help="text file with one prompt per line (blank lines skipped)"
+    )
+    parser.add_argument(
+        "--model", type=Path, required=True, help="diffusers-format Sana pipeline folder"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("outputs"),
+        help="output folder, or a .png file for a single image (default: outputs)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first image (default 0)")
+    parser.add_argument(
+        "--steps", type=int, help="sampler steps (default 20; 2 for the scm sampler)"
+    )
+    parser.add_argument("--guidance", type=float, default=4.5, help="guidance scale (default 4.5)")
+    parser.add_argument("--height", type=int, help="image height in px (default: model native)")
+    parser.add_argument("--width", type=int, help="image width in px (default: model native)")
+    parser.add_argument(
+        "--sampler",
+        choices=("dpm", "euler", "scm"),
+        help="sampler (default: from the model's scheduler config)",
+    )
+    parser.add_argument(
+        "--flow-shift", type=float, help="flow shift of dpm/euler (default: scheduler config)"
+    )
+    parser.add_argument("--negative-prompt", default="", help="negative prompt for CFG")
+    parser.add_argument("--num-images", type=int, default=1, help="images per prompt (default 1)")
+    parser.add_argument(
+        "--dtype", choices=DTYPES, help="weights dtype (default: bf16 on cuda, fp32 on cpu)"
+    )
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument(
+        "--lora",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="PATH",
+        help="apply an adapter: a LoRA (pytorch_lora_weights.safetensors, diffusers/PEFT format) "
+        "or a LoKr (LyCORIS) file or the folder holding it; repeatable (adapters stack)",
+    )
+    parser.add_argument(
+        "--lora-scale", type=float, default=1.0, help="strength of every --lora (default 1.0)"
+    )
+    parser.add_argument(
+        "--no-resolution-binning",
+        dest="resolution_binning",
+        action="store_false",
+        help="sample at exactly --height x --width (multiples of 32) instead of the nearest "
+        "aspect bucket followed by a resize",
+    )
+    parser.set_defaults(func=run)
+
+
+def read_prompts(prompt: str | None, prompts_file: Path | None) -> list[str]:
+    """The positional prompt (if any) followed by the non-blank lines of ``prompts_file``."""
+    prompts = [] if prompt is None else [prompt]
+    if prompts_file is not None:
+        try:
+            lines = prompts_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise SanakitError(f"{prompts_file}: cannot read the prompts file ({err})") from err
+        prompts += [line.strip() for line in lines if line.strip()]
+    if not prompts or not all(p.strip() for p in prompts):
+        source = f"{prompts_file} has no non-blank line" if prompts_file else "no prompt given"
+        raise SanakitError(f"{source}; pass a prompt or --prompts-file with one prompt per line")
+    return prompts
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Cheap checks, before any model is loaded."""
+    for name in ("steps", "num_images", "height", "width"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise SanakitError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if not args.resolution_binning:
+        for name in ("height", "width"):
+            value = getattr(args, name)
+            if value is not None and value % DOWNSAMPLE:
+                raise SanakitError(
+                    f"--{name} {value} is not a multiple of {DOWNSAMPLE} (needed with "
+                    f"--no-resolution-binning); use e.g. {max(1, round(value / 32)) * 32}"
+                )
+    for adapter in args.lora:
+        if not adapter.exists():
+            raise SanakitError(f"--lora {adapter}: no such file or folder")
+    model = args.model
+    if not model.is_dir():
+        raise SanakitError(f"--model {model}: no such folder; pass a diffusers-format Sana folder")
+    if not (model / "transformer").is_dir():
+        raise SanakitError(
+            f"--model {model}: no transformer/ subfolder; pass a diffusers-format Sana pipeline "
+            "folder (model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/)"
+        )
+
+
+def output_paths(out: Path, count: int, prompts: int, seeds: list[int]) -> list[Path]:
+    """``out/{i:04d}-{seed}.png`` per (prompt i, seed), or ``out`` for a single ``.png``."""
+    if out.suffix.lower() == ".png":
+        if count != 1:
+            raise SanakitError(
+                f"--out {out} names one file but {count} images will be made; pass a folder"
+            )
+        return [out]
+    return [out / f"{i:04d}-{seed}.png" for i in range(prompts) for seed in seeds]
+
+
+def run(args: argparse.Namespace) -> int:
+    prompts = read_prompts(args.prompt, args.prompts_file)
+    check_args(args)
+    seeds = [args.seed + j for j in range(args.num_images)]
+    paths = output_paths(args.out, len(prompts) * args.num_images, len(prompts), seeds)
+
+    import torch
+    from PIL.PngImagePlugin import PngInfo
+    from tqdm import tqdm
+
+    from sanakit import __version__
+    from sanakit.pipeline import TextToImage
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SanakitError(f"--device {device}: CUDA is not available; use --device cpu")
+    dtype_name = args.dtype or ("bf16" if device.startswith("cuda") else "fp32")
+    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+    pipe = TextToImage.from_pretrained(args.model, dtype=dtype, device=device)
+    if args.lora:
+        from sanakit.train.adapters import load_adapter_into
+
+        for adapter in args.lora:
+            load_adapter_into(pipe.transformer, adapter, scale=args.lora_scale)
+    plan = pipe.resolve(
+        negative_prompt=args.negative_prompt,
+        height=args.height,
+        width=args.width,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        sampler=args.sampler,
+        flow_shift=args.flow_shift,
+        use_resolution_binning=args.resolution_binning,
+    )
+    settings = {
+        "negative_prompt": args.negative_prompt,
+        "steps": plan.steps,
+        "guidance_scale": plan.guidance_scale,
+        "height": plan.size[0],
+        "width": plan.size[1],
+        "sampled_height": plan.sample_size[0],
+        "sampled_width": plan.sample_size[1],
+        "sampler": plan.sampler,
+        "flow_shift": plan.flow_shift,
+        "dtype": dtype_name,
+        "model": str(args.model),
+        "lora": ",".join(str(a) for a in args.lora) or None,
+        "lora_scale": args.lora_scale if args.lora else None,
+        "sanakit_version": __version__,
+    }
+
+    bar = tqdm(total=len(prompts) * plan.steps, desc="generate", unit="step")
+    written = 0
+    try:
+        for i, prompt in enumerate(prompts):
+            images = pipe(
+                prompt,
+                negative_prompt=args.negative_prompt,
+                height=plan.size[0],
+                width=plan.size[1],
+                steps=plan.steps,
+                guidance_scale=plan.guidance_scale,
+                seed=args.seed,
+                num_images_per_prompt=args.num_images,
+                sampler=plan.sampler,
+                flow_shift=args.flow_shift,
+                use_resolution_binning=args.resolution_binning,
+                callback=lambda step, total, latents: bar.update(1),
+            )
+            for j, image in enumerate(images):
+                meta = {"prompt": prompt, "seed": seeds[j], **settings}
+                info = PngInfo()
+                for key, value in meta.items():
+                    info.add_text(key, "" if value is None else str(value))
+                info.add_text("parameters", json.dumps(meta))
+                path = paths[i * args.num_images + j]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                image.save(path, pnginfo=info)
+                written += 1
+    finally:
+        bar.close()
+    where = paths[0] if written == 1 else args.out
+    print(f"wrote {written} image{'s' * (written != 1)} to {where}")
+    return 0

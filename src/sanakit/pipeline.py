@@ -1,0 +1,474 @@
+"""Text → image with a Sana model: encode prompts, sample latents, decode, return PIL images.
+
+:class:`TextToImage` reproduces diffusers' ``SanaPipeline`` (Flow-DPM-Solver or flow Euler with
+classifier-free guidance) and ``SanaSprintPipeline`` (sCM few-step sampling with an embedded
+guidance scale) on sanakit's own transformer, text encoder and samplers:
+
+1. prompts → Gemma features with the complex human instruction (:class:`sanakit.text.TextEncoder`);
+   the negative prompt is encoded without it;
+2. resolution binning (optional): ``(H, W)`` → the nearest bucket of Sana's aspect-ratio table for
+   ``sample_size * 32`` px (:func:`sanakit.data.buckets.closest_bucket`);
+3. noise ``(N, C, H/32, W/32)`` drawn image by image from ``torch.Generator("cpu").manual_seed(s)``
+   (diffusers' ``randn_tensor`` with a list of generators), so a seed gives the same image as
+   diffusers whatever the batch;
+4. sampling (:mod:`sanakit.sample`); 5. DC-AE decode; 6. bilinear resize + centre crop back to
+   the requested ``(H, W)`` when binned; 7. ``uint8 = round(255 * clamp(x / 2 + 0.5, 0, 1))``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from sanakit.autoencoder import Autoencoder, DCAutoencoder
+from sanakit.data.buckets import closest_bucket
+from sanakit.errors import SanakitError
+from sanakit.models import SanaTransformer, load_transformer
+from sanakit.sample import NUM_TRAIN_TIMESTEPS, StepCallback, flow_dpm_solver, flow_euler, scm
+from sanakit.text import TextEncoder
+
+SamplerName = Literal["dpm", "euler", "scm"]
+SAMPLERS: tuple[str, ...] = ("dpm", "euler", "scm")
+DEFAULT_STEPS: dict[str, int] = {"dpm": 20, "euler": 20, "scm": 2}
+DEFAULT_GUIDANCE = 4.5  # Sana's and Sana-Sprint's default guidance scale
+PIPELINE_PARTS: tuple[str, ...] = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+Generators = torch.Generator | Sequence[torch.Generator]
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """The default sampler of a pipeline and its settings (from ``scheduler_config.json``).
+
+    ``flow_shift`` applies to ``dpm``/``euler``; ``sigma_data``, ``max_timesteps`` (TrigFlow start
+    time) and ``intermediate_timesteps`` (the middle time of 2-step sampling) to ``scm``, whose
+    values default to ``SanaSprintPipeline``'s.
+    """
+
+    sampler: SamplerName = "dpm"
+    flow_shift: float = 1.0
+    sigma_data: float = 0.5
+    max_timesteps: float = 1.5708
+    intermediate_timesteps: float | None = 1.3
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise SanakitError(
+                f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}"
+            )
+        if not self.flow_shift > 0:
+            raise SanakitError(f"flow_shift must be > 0, got {self.flow_shift}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated generation request (:meth:`TextToImage.resolve`): sampler, steps, guidance,
+    flow shift (None for scm), whether CFG runs, and the output / sampled (binned) / latent
+    sizes as (height, width)."""
+
+    sampler: SamplerName
+    steps: int
+    guidance_scale: float
+    flow_shift: float | None
+    do_cfg: bool
+    size: tuple[int, int]
+    sample_size: tuple[int, int]
+    latent_size: tuple[int, int]
+
+
+# Scheduler settings our samplers reproduce: (key, diffusers default when absent, required value).
+_FIXED: dict[str, tuple[tuple[str, Any, Any], ...]] = {
+    "DPMSolverMultistepScheduler": (
+        ("use_flow_sigmas", False, True),
+        ("prediction_type", "epsilon", "flow_prediction"),
+        ("algorithm_type", "dpmsolver++", "dpmsolver++"),
+        ("solver_order", 2, 2),
+        ("solver_type", "midpoint", "midpoint"),
+        ("final_sigmas_type", "zero", "zero"),
+        ("thresholding", False, False),
+        ("use_karras_sigmas", False, False),
+        ("use_lu_lambdas", False, False),
+        ("use_exponential_sigmas", False, False),
+        ("use_beta_sigmas", False, False),
+        ("use_dynamic_shifting", False, False),
+        ("num_train_timesteps", 1000, NUM_TRAIN_TIMESTEPS),
+    ),
+    "FlowMatchEulerDiscreteScheduler": (
+        ("use_dynamic_shifting", False, False),
+        ("invert_sigmas", False, False),
+        ("shift_terminal", None, None),
+        ("stochastic_sampling", False, False),
+        ("use_karras_sigmas", False, False),
+        ("use_exponential_sigmas", False, False),
+        ("use_beta_sigmas", False, False),
+        ("num_train_timesteps", 1000, NUM_TRAIN_TIMESTEPS),
+    ),
+    "SCMScheduler": (("prediction_type", "trigflow", "trigflow"),),
+}
+
+
+def read_scheduler_config(path: str | Path) -> SamplerSettings:
+    """Maps a diffusers ``scheduler_config.json`` (or its folder) onto :class:`SamplerSettings`.
+
+    ``DPMSolverMultistepScheduler`` → ``dpm`` + ``flow_shift``; ``FlowMatchEulerDiscreteScheduler``
+    → ``euler`` + ``shift``; ``SCMScheduler`` → ``scm`` + ``sigma_data``. Settings the samplers do
+    not implement (Karras sigmas, dynamic shifting, epsilon prediction, ...) are an error naming
+    the key, never silently ignored.
+    """
+    file = Path(path)
+    if file.is_dir():
+        file = file / "scheduler_config.json"
+    try:
+        config = json.loads(file.read_text())
+    except FileNotFoundError as err:
+        raise SanakitError(f"{file}: scheduler config not found") from err
+    except (OSError, json.JSONDecodeError) as err:
+        raise SanakitError(f"{file}: unreadable scheduler config ({err})") from err
+    name = config.get("_class_name")
+    if name not in _FIXED:
+        raise SanakitError(
+            f"{file}: scheduler {name!r} is not supported; sanakit samples with "
+            f"{', '.join(_FIXED)} settings (pass --sampler to choose one)"
+        )
+    for key, default, required in _FIXED[name]:
+        value = config.get(key, default)
+        if value != required:
+            raise SanakitError(
+                f"{file}: {key}={value!r} is not supported by sanakit's samplers "
+                f"(needs {required!r})"
+            )
+    if name == "DPMSolverMultistepScheduler":
+        return SamplerSettings("dpm", flow_shift=float(config.get("flow_shift", 1.0)))
+    if name == "FlowMatchEulerDiscreteScheduler":
+        return SamplerSettings("euler", flow_shift=float(config.get("shift", 1.0)))
+    return SamplerSettings("scm", sigma_data=float(config.get("sigma_data", 0.5)))
+
+
+def resize_and_center_crop(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, C, h, w) → (B, C, height, width): bilinear resize (no corner alignment) by
+    ``r = max(height / h, width / w)`` to ``(int(h r), int(w r))``, then a centre crop; the
+    inverse of resolution binning (diffusers' ``resize_and_crop_tensor``)."""
+    h, w = images.shape[-2:]
+    if (h, w) == (height, width):
+        return images
+    ratio = max(height / h, width / w)
+    new_h, new_w = int(h * ratio), int(w * ratio)
+    images = F.interpolate(images, size=(new_h, new_w), mode="bilinear", align_corners=False)
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    return images[:, :, top : top + height, left : left + width]
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) decoder output in [-1, 1] → RGB images, ``round(255 * clamp(x/2 + 1/2, 0, 1))``
+    computed in numpy float32 after the clamp in the tensor's dtype (as diffusers' processor)."""
+    unit = (images * 0.5 + 0.5).clamp(0, 1)
+    array = unit.cpu().permute(0, 2, 3, 1).float().numpy()  # (B, H, W, 3)
+    pixels = (array * 255).round().astype(np.uint8)
+    return [Image.fromarray(pixel) for pixel in pixels]
+
+
+def seed_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per image: ``torch.Generator("cpu").manual_seed(s)``."""
+    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+
+
+def initial_noise(shape: Sequence[int], generator: Generators) -> torch.Tensor:
+    """Standard normal float32 ``(N, C, h, w)`` on the generators' device.
+
+    A list draws image ``k`` as ``randn((1, C, h, w), generator=generator[k])``; a single
+    generator draws the whole batch at once (diffusers' ``randn_tensor``).
+    """
+    if isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator, device=generator.device)
+    gens = list(generator)
+    if len(gens) != shape[0]:
+        raise SanakitError(f"got {len(gens)} generators for {shape[0]} images; pass one per image")
+    one = (1, *shape[1:])
+    return torch.cat([torch.randn(one, generator=g, device=g.device) for g in gens])
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SanakitError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class TextToImage:
+    """A Sana text-to-image pipeline on sanakit parts.
+
+    Args:
+        transformer: the denoiser (flow velocity model, or a Sprint model with
+            ``guidance_embeds``).
+        text_encoder: prompt encoder whose ``hidden_size`` is ``caption_channels``.
+        autoencoder: decodes ``(N, C, h, w)`` latents to images (C = ``in_channels``).
+        settings: the default sampler (``from_pretrained`` reads it from the scheduler config).
+    """
+
+    def __init__(
+        self,
+        transformer: SanaTransformer,
+        text_encoder: TextEncoder,
+        autoencoder: Autoencoder,
+        settings: SamplerSettings | None = None,
+    ) -> None:
+        config = transformer.config
+        if autoencoder.latent_channels != config.in_channels:
+            raise SanakitError(
+                f"autoencoder has {autoencoder.latent_channels} latent channels but the "
+                f"transformer expects in_channels={config.in_channels}"
+            )
+        if text_encoder.hidden_size != config.caption_channels:
+            raise SanakitError(
+                f"text encoder width {text_encoder.hidden_size} != transformer "
+                f"caption_channels {config.caption_channels}"
+            )
+        self.transformer = transformer.eval()
+        self.text_encoder = text_encoder
+        self.autoencoder = autoencoder
+        self.settings = settings or SamplerSettings("scm" if config.guidance_embeds else "dpm")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        *,
+        dtype: torch.dtype = torch.bfloat16,
+        device: str | torch.device = "cpu",
+    ) -> TextToImage:
+        """Loads a diffusers-format Sana pipeline folder (``transformer/``, ``vae/``,
+        ``text_encoder/``, ``tokenizer/``, ``scheduler/``), every part in ``dtype`` on ``device``.
+        Never downloads."""
+        root = Path(folder)
+        if not root.is_dir():
+            raise SanakitError(
+                f"{root}: model folder not found; pass a diffusers-format Sana pipeline folder "
+                f"(with {', '.join(p + '/' for p in PIPELINE_PARTS)})"
+            )
+        for part in PIPELINE_PARTS:
+            if not (root / part).is_dir():
+                raise SanakitError(
+                    f"{root}: no {part}/ subfolder; a Sana pipeline folder needs "
+                    f"{', '.join(p + '/' for p in PIPELINE_PARTS)}"
+                )
+        settings = read_scheduler_config(root / "scheduler")
+        transformer = load_transformer(root / "transformer", torch_dtype=dtype, device=device)
+        text_encoder = TextEncoder.from_pretrained(root, dtype=dtype, device=device)
+        autoencoder = DCAutoencoder.from_pretrained(root / "vae", dtype=dtype, device=device)
+        return cls(transformer, text_encoder, autoencoder, settings)
+
+    @property
+    def base_resolution(self) -> int:
+        """Pixel side of the model's native square: ``sample_size * downsample factor``."""
+        return self.transformer.config.sample_size * self.autoencoder.downsample_factor
+
+    def binned_size(self, height: int, width: int) -> tuple[int, int]:
+        """The bucket ``(H, W)`` of Sana's aspect table for :attr:`base_resolution` whose ratio
+        is nearest ``height / width`` (diffusers' ``classify_height_width_bin``)."""
+        return closest_bucket(height, width, self.base_resolution)
+
+    def resolve(
+        self,
+        *,
+        negative_prompt: str | Sequence[str] = "",
+        height: int | None = None,
+        width: int | None = None,
+        steps: int | None = None,
+        guidance_scale: float = DEFAULT_GUIDANCE,
+        sampler: SamplerName | None = None,
+        flow_shift: float | None = None,
+        use_resolution_binning: bool = True,
+    ) -> Plan:
+        """Validates a request and fills in the defaults, without running anything (the CLI
+        calls it before loading prompts into the model; :meth:`__call__` runs it first)."""
+        name = sampler or self.settings.sampler
+        if name not in SAMPLERS:
+            raise SanakitError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
+        config = self.transformer.config
+        if (name == "scm") != config.guidance_embeds:
+            raise SanakitError(
+                "sampler 'scm' needs a Sana-Sprint model (guidance_embeds=true)"
+                if name == "scm"
+                else f"sampler {name!r} needs a flow model; this Sana-Sprint model "
+                "(guidance_embeds=true) samples with 'scm'"
+            )
+        steps = _positive_int("steps", DEFAULT_STEPS[name] if steps is None else steps)
+        do_cfg = name != "scm" and guidance_scale > 1.0
+        negatives = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
+        if any(negatives) and not do_cfg:
+            raise SanakitError(
+                "negative_prompt is only used with classifier-free guidance "
+                "(a dpm/euler sampler and guidance_scale > 1)"
+            )
+        if name == "scm" and flow_shift is not None:
+            raise SanakitError("flow_shift applies to the dpm/euler samplers, not to scm")
+        shift = None if name == "scm" else self.settings.flow_shift
+        if flow_shift is not None:
+            shift = float(flow_shift)
+            if not shift > 0:
+                raise SanakitError(f"flow_shift must be > 0, got {shift}; 1.0 means no shift")
+        size = (
+            _positive_int("height", self.base_resolution if height is None else height),
+            _positive_int("width", self.base_resolution if width is None else width),
+        )
+        sample_size = self.binned_size(*size) if use_resolution_binning else size
+        latent = self.autoencoder.latent_size(*sample_size)
+        p = config.patch_size
+        if latent[0] % p or latent[1] % p:
+            raise SanakitError(
+                f"image size {sample_size[0]}x{sample_size[1]}: latent {latent[0]}x{latent[1]} "
+                f"is not divisible by the transformer's patch size {p}"
+            )
+        return Plan(name, steps, float(guidance_scale), shift, do_cfg, size, sample_size, latent)
+
+    def _generators(
+        self, seed: int | Sequence[int] | None, generator: Generators | None, prompts: int, n: int
+    ) -> Generators:
+        """Image ``k = i * n + j`` (prompt i, copy j) gets seed ``seed + j`` (same seeds for every
+        prompt, so prompts are comparable), or ``seed[k]`` from a list."""
+        if generator is not None:
+            if seed is not None:
+                raise SanakitError("pass either seed or generator, not both")
+            return generator
+        if seed is None:
+            seed = 0
+        if isinstance(seed, int):
+            seeds = [seed + j for _ in range(prompts) for j in range(n)]
+        else:
+            seeds = [int(s) for s in seed]
+            if len(seeds) != prompts * n:
+                raise SanakitError(
+                    f"got {len(seeds)} seeds for {prompts * n} images "
+                    f"({prompts} prompts x {n} per prompt); pass one seed per image or an int"
+                )
+        return seed_generators(seeds)
+
+    def _velocity(self, num_channels: int) -> Callable[..., torch.Tensor]:
+        """The sampler-facing model: casts inputs to the transformer dtype, keeps the first
+        ``num_channels`` output channels (a learned-sigma model predicts 2C)."""
+        model, dtype = self.transformer, self.transformer.dtype
+
+        def velocity(
+            x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, **kwargs: Any
+        ) -> torch.Tensor:
+            v = model(x.to(dtype), t, text.to(dtype), mask, **kwargs)
+            return v[:, :num_channels]
+
+        return velocity
+
+    def __call__(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        negative_prompt: str | Sequence[str] = "",
+        height: int | None = None,
+        width: int | None = None,
+        steps: int | None = None,
+        guidance_scale: float = DEFAULT_GUIDANCE,
+        seed: int | Sequence[int] | None = None,
+        generator: Generators | None = None,
+        num_images_per_prompt: int = 1,
+        sampler: SamplerName | None = None,
+        flow_shift: float | None = None,
+        use_resolution_binning: bool = True,
+        callback: StepCallback | None = None,
+    ) -> list[Image.Image]:
+        """Generates ``len(prompts) * num_images_per_prompt`` images, prompt-major
+        (prompt 0's copies first).
+
+        Args:
+            prompts: one prompt or a list.
+            negative_prompt: the unconditional prompt of CFG (one for all, or one per prompt);
+                only with a flow sampler and ``guidance_scale > 1``.
+            height, width: output size in pixels (default :attr:`base_resolution`). Without
+                binning they must be multiples of 32; with it, any size (the image is sampled
+                at the nearest bucket, then resized and centre-cropped).
+            steps: sampler steps (default 20 for dpm/euler, 2 for scm).
+            guidance_scale: CFG scale for dpm/euler (<= 1: no CFG); for scm the value fed to
+                the guidance embedding (times ``guidance_embeds_scale``).
+            seed / generator: an int seed (copy j of every prompt uses ``seed + j``), one seed
+                per image, or torch generators as in diffusers; default seed 0.
+            sampler / flow_shift: override the scheduler config's sampler and shift.
+            callback: ``callback(step, steps, latents)`` after every step.
+        """
+        texts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not texts:
+            raise SanakitError("no prompts given; pass at least one prompt")
+        n = _positive_int("num_images_per_prompt", num_images_per_prompt)
+        negatives = [negative_prompt] * len(texts) if isinstance(negative_prompt, str) else None
+        if negatives is None:
+            negatives = list(negative_prompt)
+            if len(negatives) != len(texts):
+                raise SanakitError(
+                    f"got {len(negatives)} negative prompts for {len(texts)} prompts"
+                )
+        plan = self.resolve(
+            negative_prompt=negatives,
+            height=height,
+            width=width,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            sampler=sampler,
+            flow_shift=flow_shift,
+            use_resolution_binning=use_resolution_binning,
+        )
+        config = self.transformer.config
+        h, w = plan.latent_size
+        generators = self._generators(seed, generator, len(texts), n)
+
+        with torch.inference_mode():
+            text, mask = self.text_encoder.encode(texts)  # (P, L, D), (P, L)
+            text, mask = text.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
+            device = self.transformer.device
+            text, mask = text.to(device), mask.to(device)
+            noise = initial_noise((len(texts) * n, config.in_channels, h, w), generators)
+            noise = noise.to(device)
+            velocity = self._velocity(config.in_channels)
+            if plan.sampler == "scm":
+                # SanaSprintPipeline: guidance in the text dtype, times guidance_embeds_scale.
+                guidance = torch.full((noise.shape[0],), guidance_scale, dtype=text.dtype)
+                guidance = guidance.to(device) * config.guidance_embeds_scale
+                latents = scm(
+                    velocity,
+                    noise,
+                    text,
+                    mask,
+                    steps=plan.steps,
+                    max_timesteps=self.settings.max_timesteps,
+                    intermediate_timesteps=self.settings.intermediate_timesteps,
+                    sigma_data=self.settings.sigma_data,
+                    guidance=guidance,
+                    generator=generators,
+                    callback=callback,
+                )
+            else:
+                uncond_text = uncond_mask = None
+                if plan.do_cfg:
+                    uncond_text, uncond_mask = self.text_encoder.encode_negative(negatives)
+                    uncond_text = uncond_text.repeat_interleave(n, 0).to(device)
+                    uncond_mask = uncond_mask.repeat_interleave(n, 0).to(device)
+                solver = flow_dpm_solver if plan.sampler == "dpm" else flow_euler
+                latents = solver(
+                    velocity,
+                    noise,
+                    text,
+                    mask,
+                    steps=plan.steps,
+                    shift=plan.flow_shift,
+                    guidance_scale=guidance_scale,
+                    uncond_text=uncond_text,
+                    uncond_mask=uncond_mask,
+                    # SanaPipeline feeds t = 1000 sigma * timestep_scale.
+                    time_scale=NUM_TRAIN_TIMESTEPS * config.timestep_scale,
+                    callback=callback,
+                )
+            images = self.autoencoder.decode(latents)  # (N, 3, H', W') in [-1, 1]
+            if plan.sample_size != plan.size:
+                images = resize_and_center_crop(images, *plan.size)
+        return to_pil(images)

@@ -1,0 +1,1 @@
+"""Shared test helpers (tiny on-disk models and pipelines)."""
