@@ -14,6 +14,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "sanakit.commands.train",
     "sanakit.commands.cache",
     "sanakit.commands.generate",
+    "sanakit.commands.convert",
     "sanakit.commands.import_simpletuner",
     "sanakit.commands.configure",
 )
