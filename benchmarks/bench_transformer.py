@@ -88,6 +88,35 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def saved_activation_bytes(impl: str, model: torch.nn.Module, batch) -> int:
+    """Bytes of the tensors autograd keeps for backward in one forward (each storage once):
+    the activation memory of a training step, exact and independent of the allocator."""
+    x, t, text, mask, guidance = batch
+    seen: set[int] = set()
+    total = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        if impl == "ours":
+            model(x, t, text, mask, guidance)
+        else:
+            model(
+                x,
+                encoder_hidden_states=text,
+                timestep=t,
+                guidance=guidance,
+                encoder_attention_mask=mask,
+            )
+    return total
+
+
 def time_pair(args, config, dtype) -> dict[str, float]:
     models = {impl: build(impl, config, args.device, dtype) for impl in ("ours", "diffusers")}
     batch = inputs(config, args.batch, args.latent, args.text_len, args.device, dtype)
@@ -103,7 +132,10 @@ def time_pair(args, config, dtype) -> dict[str, float]:
             step(impl, model, batch)
             sync(args.device)
             times[impl].append(time.perf_counter() - start)
-    return {impl: statistics.median(v) for impl, v in times.items()}
+    result = {impl: statistics.median(v) for impl, v in times.items()}
+    for impl, model in models.items():
+        result[f"{impl}_saved"] = saved_activation_bytes(impl, model, batch)
+    return result
 
 
 def reset_peak_rss() -> int:
@@ -201,6 +233,9 @@ def main() -> None:
                 "ours_s": round(times["ours"], 4),
                 "diffusers_s": round(times["diffusers"], 4),
                 "time_ratio": round(times["ours"] / times["diffusers"], 3),
+                "ours_saved_mb": round(times["ours_saved"] / 2**20, 1),
+                "diffusers_saved_mb": round(times["diffusers_saved"] / 2**20, 1),
+                "saved_ratio": round(times["ours_saved"] / times["diffusers_saved"], 3),
             }
             if not args.no_memory:
                 mem = {impl: peak_memory(run, dtype_name, impl) for impl in ("ours", "diffusers")}
