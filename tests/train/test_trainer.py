@@ -158,7 +158,7 @@ def test_nan_forever_stops_with_a_diagnosis(run_dict) -> None:
 def test_crash_while_checkpointing_keeps_previous_latest(run_dict, monkeypatch) -> None:
     run_dict["train"]["max_steps"] = 6
     trainer = Trainer(run_config_from_dict(run_dict))
-    import sanakit.train.trainer as module
+    import sanakit.train.state as module
 
     real = module.save_file
 

@@ -213,6 +213,30 @@ class TrainSection:
                 self, "max_consecutive_nonfinite", "must be >= 1 (recoveries >= 0)"
             )
 
+    def adapter_spec(self):
+        """The :class:`~sanakit.train.adapters.AdapterSpec` of ``[train.lora]`` / ``[train.lokr]``
+        (their defaults when the table is absent); only for method lora / lokr."""
+        from sanakit.train.adapters import AdapterSpec
+
+        if self.method == "lora":
+            s = self.lora or LoraSection()
+            alpha = s.alpha if s.alpha is not None else float(s.rank)
+            return AdapterSpec(
+                method="lora",
+                rank=s.rank,
+                alpha=alpha,
+                dropout=s.dropout,
+                target_modules=s.target_modules,
+            )
+        k = self.lokr or LokrSection()
+        return AdapterSpec(
+            method="lokr",
+            rank=k.rank,
+            alpha=k.alpha,
+            factor=k.factor,
+            target_modules=k.target_modules,
+        )
+
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.method]

@@ -19,14 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from sanakit.config import to_dict
@@ -39,6 +38,7 @@ from sanakit.train.ema import EMA
 from sanakit.train.export import export_final
 from sanakit.train.objective import eval_loss, flow_matching_step, step_generator
 from sanakit.train.optim import build_optimizer, build_scheduler
+from sanakit.train.state import read_checkpoint, write_checkpoint
 from sanakit.train.validation import prompt_embeddings, run_validation
 
 log = logging.getLogger("sanakit.train")
@@ -156,7 +156,7 @@ class Trainer:
         if t.method != "full":
             from sanakit.train.adapters import apply_adapter
 
-            self.adapter = apply_adapter(model, adapter_spec(cfg))
+            self.adapter = apply_adapter(model, t.adapter_spec())
             params = list(self.adapter.trainable_parameters())
         else:
             params = [p for p in model.parameters() if p.requires_grad]
@@ -217,7 +217,7 @@ class Trainer:
             ids += batch["ids"]
             images += len(batch["ids"])
             sync = micro == accum - 1
-            ctx = self.accelerator.no_sync(self.ddp_model) if not sync else _nullcontext()
+            ctx = self.accelerator.no_sync(self.ddp_model) if not sync else nullcontext()
             with ctx:
                 loss, _ = self.compute_loss(batch, micro)
                 self.accelerator.backward(loss / accum)
@@ -397,104 +397,13 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ checkpoints
-    def _weights_state(self) -> dict[str, torch.Tensor]:
-        if self.adapter is not None:
-            return self.adapter.state_dict()
-        return self.accelerator.unwrap_model(self.ddp_model).state_dict()
-
     def save_checkpoint(self) -> Path | None:
-        rng = {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        }
-        from accelerate.utils import gather_object
-
-        all_rng = gather_object([rng])
-        if not self.accelerator.is_main_process:
-            self.accelerator.wait_for_everyone()
-            return None
-        state = {
-            "step": self.step,
-            "lr_scale": self.lr_scale,
-            "nonfinite_total": self.nonfinite_total,
-            "recoveries": self.recoveries,
-            "world_size": self.world,
-        }
-        writers = {
-            "weights.safetensors": lambda p: save_file(
-                {k: v.detach().contiguous().cpu() for k, v in self._weights_state().items()}, str(p)
-            ),
-            "optimizer.pt": lambda p: torch.save(self.optimizer.state_dict(), p),
-            "scheduler.pt": lambda p: torch.save(self.scheduler.state_dict(), p),
-            "loader.json": lambda p: p.write_text(json.dumps(self.loader.state_dict())),
-            "rng.pt": lambda p: torch.save(all_rng, p),
-            "trainer.json": lambda p: p.write_text(json.dumps(state)),
-            "config.json": lambda p: p.write_text(json.dumps(to_dict(self.config), indent=2)),
-        }
-        if self.ema is not None:
-            writers["ema.safetensors"] = lambda p: save_file(
-                {k: v.contiguous().cpu() for k, v in self.ema.state_dict().items()}, str(p)
-            )
-        folder = self.checkpointer.save(
-            self.step, writers, extra={"method": self.config.train.method}
-        )
-        self.accelerator.wait_for_everyone()
-        return folder
+        """Write a checkpoint of the current step (main process); see :mod:`.state`."""
+        return write_checkpoint(self)
 
     def load_checkpoint(self, folder: Path) -> None:
-        weights = load_file(str(folder / "weights.safetensors"))
-        if self.adapter is not None:
-            self.adapter.load_state_dict(weights)
-        else:
-            self.accelerator.unwrap_model(self.ddp_model).load_state_dict(weights)
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
-        self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
-        self.loader.load_state_dict(json.loads((folder / "loader.json").read_text()))
-        state = json.loads((folder / "trainer.json").read_text())
-        if state["world_size"] != self.world:
-            log.warning(
-                "checkpoint was written with %d processes, resuming with %d",
-                state["world_size"],
-                self.world,
-            )
-        rng = torch.load(folder / "rng.pt", weights_only=False)
-        mine = rng[self.rank] if self.rank < len(rng) else rng[0]
-        random.setstate(mine["python"])
-        np.random.set_state(mine["numpy"])
-        torch.set_rng_state(mine["torch"])
-        if mine["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(mine["cuda"])
-        if self.ema is not None:
-            self.ema.load_state_dict(load_file(str(folder / "ema.safetensors")))
-        self.step = state["step"]
-        self.nonfinite_total = state["nonfinite_total"]
-        self.recoveries = state["recoveries"]
-        self.lr_scale = state["lr_scale"]
+        read_checkpoint(self, folder)
         log.info("resumed from %s (step %d)", folder, self.step)
-
-
-def adapter_spec(config: RunConfig):
-    """The :class:`AdapterSpec` of ``[train.lora]`` / ``[train.lokr]`` (defaults when absent)."""
-    from sanakit.train.adapters import AdapterSpec
-    from sanakit.train.config import LokrSection, LoraSection
-
-    t = config.train
-    if t.method == "lora":
-        s = t.lora or LoraSection()
-        alpha = s.alpha if s.alpha is not None else float(s.rank)
-        return AdapterSpec(
-            method="lora",
-            rank=s.rank,
-            alpha=alpha,
-            dropout=s.dropout,
-            target_modules=s.target_modules,
-        )
-    k = t.lokr or LokrSection()
-    return AdapterSpec(
-        method="lokr", rank=k.rank, alpha=k.alpha, factor=k.factor, target_modules=k.target_modules
-    )
 
 
 def _with_disabled(data, ids: set[str]):
@@ -518,11 +427,3 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = str(v)
     return out
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
