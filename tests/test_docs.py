@@ -19,10 +19,20 @@ from sanakit.train.config import (
 )
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
-SECTIONS = [ModelSection, TrainSection, LoraSection, LokrSection, EmaSection, ValidationSection, OutputSection]
+SECTIONS = [
+    ModelSection,
+    TrainSection,
+    LoraSection,
+    LokrSection,
+    EmaSection,
+    ValidationSection,
+    OutputSection,
+]
 
 
-@pytest.mark.parametrize("section", [*SECTIONS, DataConfig, DatasetConfig], ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "section", [*SECTIONS, DataConfig, DatasetConfig], ids=lambda c: c.__name__
+)
 def test_every_config_key_is_documented(section) -> None:
     missing = [f.name for f in dataclasses.fields(section) if f"`{f.name}`" not in DOC]
     assert not missing, f"undocumented {section.__name__} keys: {missing}"
