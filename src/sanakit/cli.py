@@ -17,6 +17,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "sanakit.commands.convert",
     "sanakit.commands.import_simpletuner",
     "sanakit.commands.configure",
+    "sanakit.commands.demo",
 )
 
 

@@ -86,6 +86,26 @@ def tiny(in_channels: int = 32, caption_channels: int = 32) -> ModelConfig:
     )
 
 
+def demo(in_channels: int = 48, caption_channels: int = 64) -> ModelConfig:
+    """The ``sanakit demo`` model: 4 layers, hidden 128 (4 heads x 32), patch 1, for 8x8x48
+    pixel-shuffled 32 px images; ~1.2M parameters, trains on 2 CPU cores in minutes. It adds
+    the 2D sin-cos position embedding (``interpolation_scale`` 1.0, as Sana's 2K/4K models):
+    with so few layers, the Mix-FFN convolutions alone place shapes too slowly."""
+    return ModelConfig(
+        in_channels=in_channels,
+        out_channels=in_channels,
+        num_attention_heads=4,
+        attention_head_dim=32,
+        num_layers=4,
+        num_cross_attention_heads=4,
+        cross_attention_head_dim=32,
+        cross_attention_dim=128,
+        caption_channels=caption_channels,
+        sample_size=8,
+        interpolation_scale=1.0,
+    )
+
+
 PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "sana-600m": sana_600m,
     "sana-1600m": sana_1600m,
@@ -97,6 +117,7 @@ PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "sana-sprint-1600m": sana_sprint_1600m,
     "sana-sprint-teacher-1600m": sana_sprint_teacher_1600m,
     "tiny": tiny,
+    "demo": demo,
 }
 
 
