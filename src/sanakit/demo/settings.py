@@ -17,8 +17,8 @@ class DemoSettings:
     no time limit). The defaults reach prompt adherence >= 0.8 on 2 CPU cores in minutes."""
 
     out: Path = Path("sanakit-demo")
-    steps: int = 600
-    minutes: float | None = 6.0
+    steps: int = 2000
+    minutes: float | None = 8.0
     seed: int = 0
     image_size: int = 32
     per_combo: int = 24  # images per colour x shape x background (36 combinations)
