@@ -149,6 +149,19 @@ def test_loss_plot_draws_the_curve():
     assert loss_plot([], []).size == (640, 360)
 
 
+def test_loss_plot_shows_the_start_of_a_steep_curve_and_skips_nan_steps():
+    steps = list(range(1, 1001))
+    losses = [10.0 * math.exp(-s / 30) + 0.1 for s in steps]  # above the 99th percentile early
+    losses[500] = float("nan")  # a skipped step
+    arr = np.asarray(loss_plot(steps, losses))
+    ys, xs = np.nonzero(np.all(arr == (20, 60, 160), axis=-1))
+    left = xs < xs.min() + 12
+    # the moving average falls visibly over its first steps instead of running flat at the top
+    assert ys[left].max() - ys[left].min() > 20
+    assert ys.min() > 16  # below the top margin: nothing clipped
+    assert xs.max() - xs.min() > 500  # drawn across the whole run despite the NaN
+
+
 def test_sample_grid_layout():
     red = Image.new("RGB", (32, 32), (255, 0, 0))
     grid = sample_grid([[red, red, red], [red, red, red]], ["first", "second"], scale=2)

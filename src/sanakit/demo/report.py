@@ -38,15 +38,19 @@ def _ticks(lo: float, hi: float, count: int = 5) -> list[float]:
 
 def loss_plot(steps: Sequence[int], losses: Sequence[float], title: str = "") -> Image.Image:
     """A 640x360 RGB chart of the per-step training loss (light blue) and its moving average
-    over ~2% of the steps (dark blue), with step and loss axes. Empty input gives the axes."""
+    over ~2% of the steps (dark blue), with step and loss axes. The loss axis reaches the
+    larger of the moving average's peak and the raw losses' 99th percentile, so the start of
+    the curve is drawn, not clipped. Empty input gives the axes."""
     width, height = PLOT_SIZE
     left, top, right, bottom = MARGINS
     image = Image.new("RGB", PLOT_SIZE, "white")
     draw = ImageDraw.Draw(image)
     x_max = max(1, max(steps, default=1))
-    finite = [v for v in losses if np.isfinite(v)]
-    y_max = float(np.quantile(finite, 0.99)) * 1.05 if finite else 1.0
-    y_max = max(y_max, 1e-6)
+    finite = [(s, v) for s, v in zip(steps, losses) if np.isfinite(v)]  # skipped steps: NaN
+    values = [v for _, v in finite]
+    smooth = moving_average(values, max(1, len(values) // 50))
+    peak = max(float(np.quantile(values, 0.99)), float(smooth.max())) if values else 1.0
+    y_max = max(peak * 1.05, 1e-6)
 
     def to_xy(step: float, value: float) -> tuple[float, float]:
         x = left + (width - left - right) * step / x_max
@@ -66,15 +70,9 @@ def loss_plot(steps: Sequence[int], losses: Sequence[float], title: str = "") ->
     )
     draw.text((width // 2 - 16, height - 16), "step", fill="black")
     draw.text((left + 6, 2), title or "training loss (flow matching MSE)", fill="black")
-    if steps:
-        raw = [to_xy(s, v) for s, v in zip(steps, losses) if np.isfinite(v)]
-        if len(raw) > 1:
-            draw.line(raw, fill=(170, 200, 240), width=1)
-        window = max(1, len(losses) // 50)
-        smooth = moving_average([v if np.isfinite(v) else y_max for v in losses], window)
-        points = [to_xy(s, v) for s, v in zip(steps, smooth)]
-        if len(points) > 1:
-            draw.line(points, fill=(20, 60, 160), width=2)
+    if len(finite) > 1:
+        draw.line([to_xy(s, v) for s, v in finite], fill=(170, 200, 240), width=1)
+        draw.line([to_xy(s, v) for (s, _), v in zip(finite, smooth)], fill=(20, 60, 160), width=2)
     return image
 
 
