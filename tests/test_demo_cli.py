@@ -11,6 +11,7 @@ from PIL import Image
 
 from sanakit.cli import main
 from sanakit.demo.run import DemoTrainer, eval_prompts
+from sanakit.demo.settings import DemoSettings
 from sanakit.demo.shapes import COLORS, SHAPES
 
 
@@ -18,7 +19,8 @@ def _loss_steps(out: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (out / "loss.jsonl").read_text().splitlines()]
 
 
-def _check_outputs(out: Path, steps: int, settings_seeds: int = 4) -> None:
+def _check_outputs(out: Path, steps: int) -> None:
+    seeds = DemoSettings().seeds_per_prompt
     score = json.loads((out / "score.json").read_text())
     for key in ("prompt_adherence", "color_accuracy", "shape_accuracy"):
         assert 0.0 <= score[key] <= 1.0
@@ -26,7 +28,7 @@ def _check_outputs(out: Path, steps: int, settings_seeds: int = 4) -> None:
     assert score["prompt_adherence"] <= min(score["color_accuracy"], score["shape_accuracy"])
 
     lines = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert len(lines) == len(COLORS) * len(SHAPES) * settings_seeds == score["samples"]
+    assert len(lines) == len(COLORS) * len(SHAPES) * seeds == score["samples"]
     assert {(r["color"], r["shape"]) for r in lines} == {(c, s) for c in COLORS for s in SHAPES}
     prompts = {p for _, _, p in eval_prompts()}
     for record in lines:
@@ -36,8 +38,8 @@ def _check_outputs(out: Path, steps: int, settings_seeds: int = 4) -> None:
             assert image.size == (32, 32) and image.mode == "RGB"
     assert len(list((out / "samples").glob("*.png"))) == len(lines)
 
-    with Image.open(out / "grid.png") as grid:  # 12 rows of 4 samples, 3x enlarged + label strip
-        assert grid.size == (4 * 96, 12 * (96 + 14))
+    with Image.open(out / "grid.png") as grid:  # 12 rows of `seeds` samples, 3x + label strip
+        assert grid.size == (seeds * 96, 12 * (96 + 14))
     with Image.open(out / "loss.png") as plot:
         assert plot.size == (640, 360)
     config = (out / "config.toml").read_text()

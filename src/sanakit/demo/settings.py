@@ -17,7 +17,7 @@ class DemoSettings:
     no time limit). The defaults reach prompt adherence >= 0.8 on 2 CPU cores in minutes."""
 
     out: Path = Path("sanakit-demo")
-    steps: int = 2000
+    steps: int = 2500
     minutes: float | None = 8.0
     seed: int = 0
     image_size: int = 32
@@ -25,7 +25,7 @@ class DemoSettings:
     pixel_shuffle_factor: int = 4  # 32x32x3 image -> 8x8x48 latent
     preset: str = "demo"
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 2e-3  # 1e-3 and cosine decay learn shapes later; 3e-3 is worse
     warmup_steps: int = 50
     lr_scheduler: str = "constant_with_warmup"
     train_shift: float = 3.0  # sigma shift while training: more steps at high noise, where the
@@ -33,12 +33,12 @@ class DemoSettings:
     sample_shift: float = 1.0
     caption_dropout: float = 0.1
     mixed_precision: str = "bf16"
-    ema_decay: float | None = None  # None: no EMA; else the EMA weights are sampled
+    ema_decay: float | None = None  # None: no EMA (0.995 scored lower); else EMA weights sample
     checkpoint_every: int = 100
     validation_every: int = 200
     guidance: float = 1.5
     sample_steps: int = 20
-    seeds_per_prompt: int = 4
+    seeds_per_prompt: int = 8  # 96 samples: 4 per prompt moved the score by +-0.06
     threads: int | None = 2
     text: TextStack = field(default_factory=TextStack)
 
