@@ -106,14 +106,13 @@ class Trainer:
             if not (found and self._cache_matches(found)):
                 self._autoencoder = components.load_frozen_autoencoder(cfg, self.device)
                 self._text_encoder = components.load_text_encoder(cfg, self.device)
-                report = build_cache(
+                build_cache(
                     cfg.data,
                     self._autoencoder,
                     self._text_encoder,
                     batch_size=t.batch_size,
                     world_size=self.world,
-                )
-                log.info(report.summary())
+                )  # build_cache logs its one-line summary
                 found = memo.record(self._autoencoder, self._text_encoder)
             else:
                 log.info(
