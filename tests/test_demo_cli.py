@@ -93,3 +93,18 @@ def test_demo_refuses_a_folder_made_with_another_seed(tmp_path, capsys):
 def test_demo_rejects_bad_arguments(capsys):
     assert main(["demo", "--steps", "0"]) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_demo_minutes_budget_stops_training_early_and_the_next_run_continues(tmp_path, capsys):
+    out = tmp_path / "demo"
+    # a budget spent after the first step: training stops there, the run is still scored
+    assert main(["demo", "--steps", "500", "--minutes", "0.0001", "--out", str(out)]) == 0
+    score = json.loads((out / "score.json").read_text())
+    assert score["steps"] == 1 and _loss_steps(out) == [1]
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000001"
+    # the same command continues from that checkpoint (one more step per budget)
+    capsys.readouterr()
+    assert main(["demo", "--steps", "500", "--minutes", "0.0001", "--out", str(out)]) == 0
+    assert "step-00000001" in capsys.readouterr().out
+    assert json.loads((out / "score.json").read_text())["steps"] == 2
+    assert _loss_steps(out) == [1, 2]
