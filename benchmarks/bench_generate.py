@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench_transformer import BENCH_BLOCKS
 from sanakit.models import ModelConfig
 from sanakit.pipeline import TextToImage
 
@@ -42,16 +43,7 @@ def write_default_folder(folder: Path) -> Path:
 
     text_hidden = 64
     config = ModelConfig(
-        in_channels=4,
-        out_channels=4,
-        num_attention_heads=16,
-        attention_head_dim=32,
-        num_layers=4,
-        num_cross_attention_heads=16,
-        cross_attention_head_dim=32,
-        cross_attention_dim=512,
-        caption_channels=text_hidden,
-        sample_size=16,
+        **BENCH_BLOCKS, in_channels=4, out_channels=4, caption_channels=text_hidden, sample_size=16
     )
     return write_tiny_pipeline(folder, transformer_config=config, text_hidden_size=text_hidden)
 

@@ -30,20 +30,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench_transformer import peak_rss, reset_peak_rss
+from bench_transformer import BENCH_BLOCKS, peak_rss, reset_peak_rss
 from sanakit.train.config import run_config_from_dict
 from sanakit.train.objective import flow_matching_step, step_generator
 from sanakit.train.trainer import Trainer
 
-MODEL = dict(
-    num_attention_heads=16,
-    attention_head_dim=32,
-    num_layers=4,
-    num_cross_attention_heads=16,
-    cross_attention_head_dim=32,
-    cross_attention_dim=512,
-    sample_size=32,
-)
+MODEL = dict(BENCH_BLOCKS, sample_size=32)
 
 
 def setup(root: Path, images: int = 16) -> None:

@@ -24,18 +24,20 @@ import torch
 from sanakit.models import ModelConfig, SanaTransformer
 from sanakit.presets import get_preset
 
+# The benchmarks' transformer: 4 blocks x 512 wide (16 x 32 heads), cross-attention 16 x 32
+# (bench_train.py and bench_generate.py use it too).
+BENCH_BLOCKS = dict(
+    num_attention_heads=16,
+    attention_head_dim=32,
+    num_layers=4,
+    num_cross_attention_heads=16,
+    cross_attention_head_dim=32,
+    cross_attention_dim=512,
+)
+
 
 def default_config() -> ModelConfig:
-    return ModelConfig(
-        num_attention_heads=16,
-        attention_head_dim=32,
-        num_layers=4,
-        num_cross_attention_heads=16,
-        cross_attention_head_dim=32,
-        cross_attention_dim=512,
-        caption_channels=2304,
-        sample_size=32,
-    )
+    return ModelConfig(**BENCH_BLOCKS, caption_channels=2304, sample_size=32)
 
 
 def build(
