@@ -41,7 +41,13 @@ from sanakit.errors import SanakitError
 from sanakit.train.checkpoint import Checkpointer
 from sanakit.train.config import RunConfig, ValidationSection, load_run_config
 from sanakit.train.trainer import Trainer
-from sanakit.train.validation import PromptEmbeddings, prompt_embeddings, sample_images, to_pil
+from sanakit.train.validation import (
+    PromptEmbeddings,
+    eval_mode,
+    prompt_embeddings,
+    sample_images,
+    to_pil,
+)
 
 log = logging.getLogger("sanakit.demo")
 
@@ -277,17 +283,12 @@ def sample_and_score(trainer: Trainer, settings: DemoSettings) -> dict[str, Any]
         trainer.text_encoder,
     )
     model = trainer.accelerator.unwrap_model(trainer.ddp_model)
-    was_training = model.training
-    model.eval()
     seeds = [settings.seed + k for k in range(settings.seeds_per_prompt)]
     # the EMA weights when the run keeps them (they give the cleaner samples)
     weights = trainer.ema.swapped_in(model) if trainer.ema is not None else contextlib.nullcontext()
-    try:
-        with weights:
-            # one batch per seed: every prompt starts from the same noise
-            columns = [_sample(trainer, model, embeds, settings, seed) for seed in seeds]
-    finally:
-        model.train(was_training)
+    with eval_mode(model), weights:
+        # one batch per seed: every prompt starts from the same noise
+        columns = [_sample(trainer, model, embeds, settings, seed) for seed in seeds]
     (out / "samples").mkdir(exist_ok=True)
     rows, judged, lines = [], [], []
     for i, (color, shape, prompt) in enumerate(prompts):

@@ -39,7 +39,7 @@ from sanakit.train.export import export_final
 from sanakit.train.objective import eval_loss, flow_matching_step, step_generator
 from sanakit.train.optim import build_optimizer, build_scheduler
 from sanakit.train.state import read_checkpoint, write_checkpoint
-from sanakit.train.validation import prompt_embeddings, run_validation
+from sanakit.train.validation import eval_mode, prompt_embeddings, run_validation
 
 log = logging.getLogger("sanakit.train")
 
@@ -374,18 +374,17 @@ class Trainer:
         loader = make_loader(
             self.eval_data, cache, batch_size=1, seed=0, rank=self.rank, world_size=self.world
         )
-        model = self.accelerator.unwrap_model(self.ddp_model).eval()
         sums = dict.fromkeys(cfg.validation.eval_sigmas, 0.0)
         count = 0
-        for _ in range(loader.planner.total_batches_per_epoch):
-            batch = next(loader)
-            with self.accelerator.autocast():
-                for s, v in eval_loss(
-                    model, batch, cfg.validation.eval_sigmas, cfg.train.seed, self.device
-                ).items():
-                    sums[s] += float(v)
-            count += len(batch["ids"])
-        model.train()
+        with eval_mode(self.accelerator.unwrap_model(self.ddp_model)) as model:
+            for _ in range(loader.planner.total_batches_per_epoch):
+                batch = next(loader)
+                with self.accelerator.autocast():
+                    for s, v in eval_loss(
+                        model, batch, cfg.validation.eval_sigmas, cfg.train.seed, self.device
+                    ).items():
+                        sums[s] += float(v)
+                count += len(batch["ids"])
         result = {s: v / max(1, count) for s, v in sums.items()}
         self.accelerator.log(
             {f"eval_loss/sigma_{s:g}": v for s, v in result.items()}

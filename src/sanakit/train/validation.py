@@ -7,8 +7,10 @@ fingerprint, so a resumed run (or one whose cache is complete) needs no text enc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,6 +150,17 @@ def sample_images(
     return autoencoder.decode(latents.to(autoencoder.device, autoencoder.dtype)).float().cpu()
 
 
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` in eval mode for the block, then back in the mode it had (also on errors)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def run_validation(
     model: torch.nn.Module,
     autoencoder: Autoencoder,
@@ -162,10 +175,8 @@ def run_validation(
     """Writes ``out_dir/{nickname}_{W}x{H}.png`` and ``out_dir/grid.png``; returns the grid path
     and the grid as an (H, W, 3) uint8 array for the logger."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    model.eval()
     images, labels = [], []
-    try:
+    with eval_mode(model):
         for res in validation.resolutions:
             height, width = parse_resolution(res)
             batch = sample_images(
@@ -186,8 +197,6 @@ def run_validation(
                 image.save(out_dir / f"{name}_{width}x{height}.png")
                 images.append(image)
                 labels.append(f"{name} {width}x{height}")
-    finally:
-        model.train(was_training)
     columns = len(embeds.names)
     grid = labelled_grid(images, labels, columns)
     grid.save(out_dir / "grid.png")
