@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sanakit.compat.st_common import ABSENT, as_bool, as_float, as_int, as_str, is_off
-from sanakit.errors import SanakitError
 
 if TYPE_CHECKING:
     from sanakit.compat.st_trainer import TrainerKeys
@@ -27,17 +26,12 @@ def validation(k: TrainerKeys) -> None:
         k.ctx.ignored("validation_prompt", prompt, "empty")
     library = k.take("user_prompt_library")
     if library is not ABSENT and not is_off(library):
-        rel = as_str(k.file, "user_prompt_library", library)
-        found = k.paths.find(rel)
-        if found is None:
-            raise SanakitError(
-                f"{k.file}: user_prompt_library {rel!r} not found (tried {k.paths.tried(rel)})"
-            )
+        _, path, how = k.existing_path("user_prompt_library", library)
         k.put(
             "user_prompt_library",
             "validation.prompt_library",
-            str(found[0]),
-            f"read {found[1]}; nicknames name the image files",
+            str(path),
+            f"read {how}; nicknames name the image files",
         )
     res = k.take("validation_resolution")
     if res is not ABSENT:

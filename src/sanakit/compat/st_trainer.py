@@ -90,6 +90,17 @@ class TrainerKeys:
             node = node.setdefault(part, {})
         node[path[-1]] = value
 
+    def existing_path(self, key: str, value: Any) -> tuple[str, Path, str]:
+        """``key``'s value as written, the existing file/folder it names and how it was found
+        (:meth:`PathResolver.find`); a one-line error naming the places tried when none."""
+        rel = as_str(self.file, key, value)
+        found = self.paths.find(rel)
+        if found is None:
+            raise SanakitError(
+                f"{self.file}: {key} {rel!r} not found (tried {self.paths.tried(rel)})"
+            )
+        return rel, *found
+
     def put(self, key: str, target: str, value: Any, note: str = "") -> None:
         self.assign(target, value)
         self.ctx.mapped(key, self.raw.get(key, "(not set)"), target, note)
@@ -181,13 +192,7 @@ class TrainerKeys:
         value = self.take("data_backend_config")
         if value is ABSENT:
             raise SanakitError(f"{self.file}: data_backend_config is required (multidatabackend)")
-        rel = as_str(self.file, "data_backend_config", value)
-        found = self.paths.find(rel)
-        if found is None:
-            raise SanakitError(
-                f"{self.file}: data_backend_config {rel!r} not found (tried {self.paths.tried(rel)})"
-            )
-        self.backend_file, how = found
+        rel, self.backend_file, how = self.existing_path("data_backend_config", value)
         if not Path(rel).is_absolute():
             base = self.backend_file.parents[len(Path(rel).parts) - 1]
             self.paths.root = next((b for b in self.paths.bases if b[1] == base), self.paths.root)
@@ -258,14 +263,9 @@ class TrainerKeys:
         value = self.take("lycoris_config")
         if value is ABSENT:
             raise SanakitError(f"{self.file}: lora_type 'lycoris' needs lycoris_config")
-        rel = as_str(self.file, "lycoris_config", value)
-        found = self.paths.find(rel)
-        if found is None:
-            raise SanakitError(
-                f"{self.file}: lycoris_config {rel!r} not found (tried {self.paths.tried(rel)})"
-            )
-        self.ctx.mapped("lycoris_config", value, "train.lokr", f"read {found[1]}")
-        self.assign("train.lokr", import_lycoris(found[0], self.ctx))
+        _, path, how = self.existing_path("lycoris_config", value)
+        self.ctx.mapped("lycoris_config", value, "train.lokr", f"read {how}")
+        self.assign("train.lokr", import_lycoris(path, self.ctx))
 
 
 def _hub_cache(repo_id: str) -> Path | None:
