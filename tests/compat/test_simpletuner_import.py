@@ -176,6 +176,14 @@ def test_copied_config_json_example_reports_unsupported_then_imports(root) -> No
             {"data_backend_config": "config/missing.json"},
             "data_backend_config 'config/missing.json' not found",
         ),
+        (
+            {"user_prompt_library": "config/prompts.json"},
+            "user_prompt_library 'config/prompts.json' not found (tried ",
+        ),
+        (
+            {"model_type": "lora", "lora_type": "lycoris", "lycoris_config": "config/lyco.json"},
+            "lycoris_config 'config/lyco.json' not found (tried ",
+        ),
     ],
 )
 def test_errors_are_one_line(root, change, expected) -> None:
