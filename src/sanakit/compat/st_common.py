@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -180,3 +181,42 @@ class PathResolver:
 
     def tried(self, value: str) -> str:
         return ", ".join(str(base / value) for _, base in self.bases)
+
+
+# ----------------------------------------------------------------------------- datasets
+@dataclass
+class BackendEntry:
+    """One image entry of a multidatabackend file being imported, and the sanakit dataset table
+    it becomes (``ds``). ``label`` names the entry in messages (``multidatabackend.json[2]``),
+    ``where`` the sanakit table (``data.datasets[1]``); ``defaults`` holds config.json's
+    dataset-wide keys. The methods record under those two prefixes."""
+
+    file: Path
+    label: str
+    where: str
+    entry: dict[str, Any]
+    ctx: Context
+    paths: PathResolver
+    defaults: dict[str, Any]
+    ds: dict[str, Any] = field(default_factory=dict)
+
+    def pick(self, key: str, fallback: Any) -> Any:
+        """The entry's value, else config.json's, else SimpleTuner's default ``fallback``."""
+        if key in self.entry:
+            return self.entry[key]
+        return self.defaults.get(key, fallback)
+
+    def put(self, key: str, value: Any, target: str, note: str = "", shown: Any = None) -> None:
+        """``ds[target] = value``, recorded as ``key`` -> ``target`` with the entry's own value
+        (``shown`` when the entry does not set ``key``)."""
+        self.ds[target] = value
+        self.mapped(key, self.entry.get(key, shown), target, note)
+
+    def mapped(self, key: str, value: Any, target: str, note: str = "") -> None:
+        self.ctx.mapped(f"{self.label}.{key}", value, f"{self.where}.{target}", note)
+
+    def ignored(self, key: str, value: Any, reason: str) -> None:
+        self.ctx.ignored(f"{self.label}.{key}", value, reason)
+
+    def unsupported(self, key: str, value: Any, detail: str) -> None:
+        self.ctx.unsupported(self.file, f"{self.label}.{key}", value, detail)

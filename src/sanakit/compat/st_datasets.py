@@ -24,6 +24,7 @@ from typing import Any
 
 from sanakit.compat.st_captions import captions
 from sanakit.compat.st_common import (
+    BackendEntry,
     Context,
     PathResolver,
     as_bool,
@@ -150,7 +151,8 @@ def import_backends(
             ctx.unsupported(file, f"{label}.dataset_type", kind, "sanakit trains on images only")
             continue
         where = f"data.datasets[{len(datasets)}]"
-        ds = _image_entry(file, label, where, entry, ctx, paths, defaults, method, batch_size)
+        image = BackendEntry(file, label, where, entry, ctx, paths, defaults)
+        ds = _image_entry(image, method, batch_size)
         if ds is None:
             continue
         if "cache_dir_vae" in entry:
@@ -201,86 +203,62 @@ def _cache_entry(
     return found
 
 
-def _pick(entry: dict[str, Any], defaults: dict[str, Any], key: str, fallback: Any) -> Any:
-    """An entry's value, else config.json's, else SimpleTuner's default."""
-    if key in entry:
-        return entry[key]
-    return defaults.get(key, fallback)
-
-
-def _dataset_id(file: Path, label: str, where: str, entry: dict[str, Any], ctx: Context) -> str:
-    if "id" not in entry:
-        raise SanakitError(f"{file}: {label} has no 'id'")
-    raw = str(entry["id"])
-    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-._") or label.replace("[", "-")[:-1]
+def _dataset_id(e: BackendEntry) -> str:
+    if "id" not in e.entry:
+        raise SanakitError(f"{e.file}: {e.label} has no 'id'")
+    raw = str(e.entry["id"])
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-._") or e.label.replace("[", "-")[:-1]
     note = "" if clean == raw else "sanakit ids use letters, digits, '.', '_' and '-'"
-    ctx.mapped(f"{label}.id", raw, f"{where}.id", note)
+    e.mapped("id", raw, "id", note)
     return clean
 
 
-def _image_entry(
-    file: Path,
-    label: str,
-    where: str,
-    entry: dict[str, Any],
-    ctx: Context,
-    paths: PathResolver,
-    defaults: dict[str, Any],
-    method: str,
-    batch_size: int,
-) -> dict[str, Any] | None:
+def _image_entry(e: BackendEntry, method: str, batch_size: int) -> dict[str, Any] | None:
     """One image dataset (None when its backend type is unsupported and dropped)."""
-    ds: dict[str, Any] = {"id": _dataset_id(file, label, where, entry, ctx)}
-
-    def put(key: str, value: Any, target: str, note: str = "", shown: Any = None) -> None:
-        ds[target] = value
-        ctx.mapped(f"{label}.{key}", entry.get(key, shown), f"{where}.{target}", note)
-
-    kind = entry.get("type", "local")
+    e.ds["id"] = _dataset_id(e)
+    kind = e.entry.get("type", "local")
     if kind != "local":
-        ctx.unsupported(
-            file,
-            f"{label}.type",
+        e.unsupported(
+            "type",
             kind,
             "sanakit reads local folders here; for other sources write a sanakit "
             "[[data.datasets]] (manifest/hf/webdataset)",
         )
-        for key, value in entry.items():  # the whole dataset is dropped
+        for key, value in e.entry.items():  # the whole dataset is dropped
             if key != "type":
-                ctx.ignored(f"{label}.{key}", value, f"its dataset (type {kind!r}) is dropped")
+                e.ignored(key, value, f"its dataset (type {kind!r}) is dropped")
         return None
-    ctx.mapped(f"{label}.type", kind, f"{where}.type", "local -> folder")
-    if "dataset_type" in entry:
-        ctx.ignored(f"{label}.dataset_type", entry["dataset_type"], "image, the default")
-    if "instance_data_dir" not in entry:
-        raise SanakitError(f"{file}: {label} has no instance_data_dir")
-    folder, how = paths.locate(as_str(file, "instance_data_dir", entry["instance_data_dir"]))
-    put("instance_data_dir", str(folder), "path", how)
-    captions(file, label, where, entry, ctx, paths, defaults, ds, folder)
-    _crop(file, label, entry, ctx, put)
-    _sizes(file, label, entry, ctx, defaults, put, ds)
-    repeats = entry.get("repeats")
-    if "repeats" in entry:
-        put(
+    e.mapped("type", kind, "type", "local -> folder")
+    if "dataset_type" in e.entry:
+        e.ignored("dataset_type", e.entry["dataset_type"], "image, the default")
+    if "instance_data_dir" not in e.entry:
+        raise SanakitError(f"{e.file}: {e.label} has no instance_data_dir")
+    folder, how = e.paths.locate(as_str(e.file, "instance_data_dir", e.entry["instance_data_dir"]))
+    e.put("instance_data_dir", str(folder), "path", how)
+    captions(e, folder)
+    _crop(e)
+    _sizes(e)
+    repeats = e.entry.get("repeats")
+    if "repeats" in e.entry:
+        e.put(
             "repeats",
-            as_int(file, "repeats", repeats) if repeats else 0,
+            as_int(e.file, "repeats", repeats) if repeats else 0,
             "repeats",
             "same meaning: every image is seen 1 + repeats times per epoch",
         )
     for key in ("is_regularisation_data", "is_regularization_data"):
-        if key in entry:
-            value = as_bool(file, key, entry[key])
+        if key in e.entry:
+            value = as_bool(e.file, key, e.entry[key])
             if value and method != "full":
-                ctx.unsupported(
-                    file,
-                    f"{label}.{key}",
-                    entry[key],
+                e.unsupported(
+                    key,
+                    e.entry[key],
                     "SimpleTuner trains adapters "
                     "on regularisation data towards the base model's prediction; "
                     "sanakit's trainer does not",
                 )
             else:
-                put(
+                e.put(
                     key,
                     value,
                     "is_regularisation_data",
@@ -288,134 +266,123 @@ def _image_entry(
                     "data in both (SimpleTuner only logs its loss separately)",
                 )
     for key in ("disabled", "disable"):
-        if key in entry:
-            put(key, as_bool(file, key, entry[key]), "disabled")
-    drop = _pick(entry, defaults, "caption_dropout_probability", None)
+        if key in e.entry:
+            e.put(key, as_bool(e.file, key, e.entry[key]), "disabled")
+    drop = e.pick("caption_dropout_probability", None)
     if drop is not None and not is_off(drop):
-        note = "" if "caption_dropout_probability" in entry else "from config.json"
-        put(
+        note = "" if "caption_dropout_probability" in e.entry else "from config.json"
+        e.put(
             "caption_dropout_probability",
-            as_float(file, "caption_dropout_probability", drop),
+            as_float(e.file, "caption_dropout_probability", drop),
             "caption_dropout",
             note,
             shown=drop,
         )
-    elif "caption_dropout_probability" in entry:
-        ctx.ignored(f"{label}.caption_dropout_probability", drop, "0: no caption dropout")
-    for key, value in entry.items():
-        _other(file, f"{label}.{key}", key, value, ctx, ds, batch_size)
-    return ds
+    elif "caption_dropout_probability" in e.entry:
+        e.ignored("caption_dropout_probability", drop, "0: no caption dropout")
+    for key, value in e.entry.items():
+        _other(e, key, value, batch_size)
+    return e.ds
 
 
-def _other(
-    file: Path, where: str, key: str, value: Any, ctx: Context, ds: dict[str, Any], batch: int
-) -> None:
+def _other(e: BackendEntry, key: str, value: Any, batch: int) -> None:
     """The keys not mapped above: ignored, off-only, or small special cases."""
     if key in _IGNORED:
-        ctx.ignored(where, value, _IGNORED[key])
+        e.ignored(key, value, _IGNORED[key])
     elif key in _OFF_ONLY:
         if is_off(value):
-            ctx.ignored(where, value, "off")
+            e.ignored(key, value, "off")
         else:
-            ctx.unsupported(file, where, value, _OFF_ONLY[key])
+            e.unsupported(key, value, _OFF_ONLY[key])
     elif key == "metadata_backend":
         if value in ("discovery", "parquet", None):
-            ctx.ignored(where, value, "sanakit reads image sizes from the files itself")
+            e.ignored(key, value, "sanakit reads image sizes from the files itself")
         else:
-            ctx.unsupported(file, where, value, "sanakit reads local folders and parquet files")
+            e.unsupported(key, value, "sanakit reads local folders and parquet files")
     elif key == "vae_cache_clear_each_epoch":
-        random = ds.get("crop") and ds.get("crop_style") == "random"
+        random = e.ds.get("crop") and e.ds.get("crop_style") == "random"
         if is_off(value) or not random:
-            ctx.ignored(where, value, "crops are fixed, so re-encoding gives the same latents")
+            e.ignored(key, value, "crops are fixed, so re-encoding gives the same latents")
         else:
-            ctx.unsupported(
-                file,
-                where,
+            e.unsupported(
+                key,
                 value,
                 "sanakit caches one seeded random crop per image; "
                 "SimpleTuner re-draws crops every epoch with this on",
             )
     elif key in _CACHE_KEYS:
-        ctx.ignored(where, value, "only used by text_embeds / image_embeds entries")
+        e.ignored(key, value, "only used by text_embeds / image_embeds entries")
     elif key == "train_batch_size":
-        if as_int(file, key, value) == batch:
-            ctx.ignored(where, value, "equals train_batch_size")
+        if as_int(e.file, key, value) == batch:
+            e.ignored(key, value, "equals train_batch_size")
         else:
-            ctx.unsupported(file, where, value, "sanakit uses one batch size for all datasets")
+            e.unsupported(key, value, "sanakit uses one batch size for all datasets")
 
 
-def _crop(file: Path, label: str, entry: dict[str, Any], ctx: Context, put: Any) -> None:
-    crop = as_bool(file, "crop", entry.get("crop", False))
-    put("crop", crop, "crop", "" if "crop" in entry else "SimpleTuner's default false", False)
+def _crop(e: BackendEntry) -> None:
+    crop = as_bool(e.file, "crop", e.entry.get("crop", False))
+    e.put("crop", crop, "crop", "" if "crop" in e.entry else "SimpleTuner's default false", False)
     if not crop:
         for key in ("crop_style", "crop_aspect"):
-            if key in entry:
-                ctx.ignored(f"{label}.{key}", entry[key], "crop is false")
+            if key in e.entry:
+                e.ignored(key, e.entry[key], "crop is false")
         return
-    style = entry.get("crop_style", "random")
+    style = e.entry.get("crop_style", "random")
     styles = {"center": "center", "centre": "center", "random": "random"}
     if style not in styles:
-        ctx.unsupported(file, f"{label}.crop_style", style, "sanakit crops 'center' or 'random'")
+        e.unsupported("crop_style", style, "sanakit crops 'center' or 'random'")
     else:
         note = "one seeded random crop per image, cached" if style == "random" else ""
-        if "crop_style" not in entry:
+        if "crop_style" not in e.entry:
             note = f"SimpleTuner's default; {note}"
-        put("crop_style", styles[style], "crop_style", note, style)
-    aspect = entry.get("crop_aspect", "square")
+        e.put("crop_style", styles[style], "crop_style", note, style)
+    aspect = e.entry.get("crop_aspect", "square")
     if aspect in ("square", "preserve", "closest"):
         note = "Sana's aspect-bucket table" if aspect == "closest" else ""
-        note = note if "crop_aspect" in entry else "SimpleTuner's default"
-        put("crop_aspect", aspect, "crop_aspect", note, aspect)
+        note = note if "crop_aspect" in e.entry else "SimpleTuner's default"
+        e.put("crop_aspect", aspect, "crop_aspect", note, aspect)
     else:
-        ctx.unsupported(file, f"{label}.crop_aspect", aspect, "use square, preserve or closest")
+        e.unsupported("crop_aspect", aspect, "use square, preserve or closest")
 
 
-def _sizes(
-    file: Path,
-    label: str,
-    entry: dict[str, Any],
-    ctx: Context,
-    defaults: dict[str, Any],
-    put: Any,
-    ds: dict[str, Any],
-) -> None:
-    res = as_float(file, "resolution", _pick(entry, defaults, "resolution", 1024))
-    kind = _pick(entry, defaults, "resolution_type", "pixel_area")
+def _sizes(e: BackendEntry) -> None:
+    res = as_float(e.file, "resolution", e.pick("resolution", 1024))
+    kind = e.pick("resolution_type", "pixel_area")
     if kind not in ("pixel", "area", "pixel_area"):
-        raise SanakitError(f"{file}: {label}.resolution_type must be pixel, area or pixel_area")
+        raise SanakitError(f"{e.file}: {e.label}.resolution_type must be pixel, area or pixel_area")
     origin = (
         ""
-        if "resolution" in entry
+        if "resolution" in e.entry
         else "from config.json"
-        if "resolution" in defaults
+        if "resolution" in e.defaults
         else "SimpleTuner's default"
     )
-    put("resolution", res, "resolution", origin, res)
-    origin = "" if "resolution_type" in entry else "default"
-    put("resolution_type", kind, "resolution_type", origin, kind)
+    e.put("resolution", res, "resolution", origin, res)
+    origin = "" if "resolution_type" in e.entry else "default"
+    e.put("resolution_type", kind, "resolution_type", origin, kind)
     sizes: dict[str, float] = {}
     for key in _SIZES:
-        value = _pick(entry, defaults, key, None)
+        value = e.pick(key, None)
         if value is None or is_off(value):
-            if key in entry:
-                ctx.ignored(f"{label}.{key}", value, "0/none: no limit")
+            if key in e.entry:
+                e.ignored(key, value, "0/none: no limit")
             continue
-        size = as_float(file, key, value)
-        note = "" if key in entry else "from config.json"
+        size = as_float(e.file, key, value)
+        note = "" if key in e.entry else "from config.json"
         if kind == "pixel_area" and size <= 10:
             size = math.sqrt(size * 1e6)
             note = f"{value} MP (SimpleTuner reads sizes <= 10 as megapixels) = {size:.0f} px edge"
         sizes[key] = size
         if key == "minimum_image_size":
-            put(key, size, key, note, value)
+            e.put(key, size, key, note, value)
     maximum, target = sizes.get("maximum_image_size"), sizes.get("target_downsample_size")
-    if maximum is None or target is None or not ds.get("crop"):
+    if maximum is None or target is None or not e.ds.get("crop"):
         why = (
             (
                 "crop is false: the image is resized straight to its bucket, so the pre-crop "
                 "downsample does nothing"
             )
-            if not ds.get("crop")
+            if not e.ds.get("crop")
             else (
                 "SimpleTuner downsamples only when both maximum_image_size and "
                 "target_downsample_size are set"
@@ -423,13 +390,15 @@ def _sizes(
         )
         for key in ("maximum_image_size", "target_downsample_size"):
             if key in sizes:
-                ctx.ignored(f"{label}.{key}", _pick(entry, defaults, key, None), why)
+                e.ignored(key, e.pick(key, None), why)
         return
-    put("maximum_image_size", maximum, "maximum_image_size", "", entry.get("maximum_image_size"))
-    put(
+    e.put(
+        "maximum_image_size", maximum, "maximum_image_size", "", e.entry.get("maximum_image_size")
+    )
+    e.put(
         "target_downsample_size",
         target,
         "target_downsample_size",
         "",
-        entry.get("target_downsample_size"),
+        e.entry.get("target_downsample_size"),
     )
