@@ -22,7 +22,7 @@ _CAPTIONS = {
 def captions(e: BackendEntry, folder: Path) -> None:
     """Set ``e.ds``'s caption keys from the entry (or config.json's / SimpleTuner's default
     ``filename``); ``caption_strategy: parquet`` turns ``e.ds`` into a manifest dataset."""
-    raw = e.entry.get("caption_strategy", e.defaults.get("caption_strategy", "filename"))
+    raw = e.pick("caption_strategy", "filename")
     shown = e.entry.get("caption_strategy", f"{raw} (default)")
     strategy = _CAPTIONS.get(str(raw))
     if strategy is None:
