@@ -74,7 +74,13 @@ class BatchPlanner:
         self.positions = [0] * len(datasets)
         self._plans: dict[int, tuple[int, list[tuple[tuple[int, int], np.ndarray]]]] = {}
         weights = np.array([d.weight for d in datasets], dtype=np.float64)
-        self._cum = np.cumsum(weights / weights.sum())
+        for d, w in zip(datasets, weights, strict=True):
+            if not (np.isfinite(w) and w >= 0):
+                raise SanakitError(f"dataset {d.id!r}: sampling weight {w} must be finite and >= 0")
+        total = float(weights.sum())
+        # None when no dataset has a sample (every weight 0): `choose` raises then, so that
+        # check_dataset_size can first name the empty dataset (and numpy never sees 0 / 0)
+        self._cum: np.ndarray | None = np.cumsum(weights / total) if total > 0 else None
 
     # -------------------------------------------------------------------- sizes
     def batches_per_epoch(self, index: int) -> int:
@@ -123,6 +129,8 @@ class BatchPlanner:
 
     def choose(self, step: int) -> int:
         """Dataset drawn at global step ``step`` (independent of the history)."""
+        if self._cum is None:
+            raise SanakitError("no dataset has a sample to train on (every sampling weight is 0)")
         u = np.random.default_rng([self.seed, _CHOICE_STREAM, step]).random()
         return int(min(np.searchsorted(self._cum, u, side="right"), len(self.datasets) - 1))
 
