@@ -7,12 +7,18 @@ once per test session and shared by every test file; treat them as read-only (co
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
+from sanakit.hardware import configure_thread_policy
 
-import pytest
+# Before torch is imported (tests.helpers imports it): OpenMP threads that spin between ops
+# make the suite 20x+ slower when anything else runs on the cores (see sanakit.hardware).
+configure_thread_policy()
 
-from tests.helpers.tiny_pipeline import write_tiny_pipeline
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.helpers.tiny_pipeline import write_tiny_pipeline  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 from sanakit import __version__
 from sanakit.errors import SanakitError
+from sanakit.hardware import configure_thread_policy
 
 # Sub-command modules (see ``sanakit.commands``), in the order ``sanakit --help`` lists them.
 _COMMAND_MODULES: tuple[str, ...] = (
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # before any sub-command imports torch: OpenMP reads its wait policy once, at load time
+    configure_thread_policy()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
