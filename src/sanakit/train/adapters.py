@@ -15,10 +15,12 @@ Both start exactly at the base model (LoRA B = 0, LoKr W2 = 0). Inference:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +101,9 @@ class AdapterSpec:
     init_lokr_norm: LoKr init of SimpleTuner's ``--init_lokr_norm``: W1 = 1, and W2 drawn normal
         with the base weight's mean and std times this value, so training starts from a small
         perturbation instead of zero; requires ``full_matrix``.
+    seed: seeds the random initial weights (LoRA A, LoKr W1 / W2a, ``init_lokr_norm``'s noise),
+        so the same seed gives bit-identical adapters whatever the global RNG state (the
+        trainer passes ``train.seed``).
     """
 
     method: str = "lora"
@@ -110,6 +115,7 @@ class AdapterSpec:
     full_matrix: bool = False
     decompose_both: bool = False
     init_lokr_norm: float | None = None
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, list):
@@ -124,6 +130,8 @@ class AdapterSpec:
             raise SanakitError(f"adapter alpha must be a number > 0 (or unset), got {self.alpha!r}")
         if not (_number(self.dropout) and 0.0 <= self.dropout < 1.0):
             raise SanakitError(f"adapter dropout must be in [0, 1), got {self.dropout!r}")
+        if not (_integer(self.seed) and -(2**63) <= self.seed < 2**64):
+            raise SanakitError(f"adapter seed must be a 64-bit integer, got {self.seed!r}")
         targets = self.target_modules
         if targets is not None and (
             not isinstance(targets, tuple)
@@ -340,12 +348,30 @@ def apply_adapter(model: nn.Module, spec: AdapterSpec) -> AdapterHandle:
     if _has_adapter(model):
         raise SanakitError("the model already carries an adapter; merge it before adding another")
     modules = resolve_targets(model, spec.targets)
-    if spec.method == "lora":
-        kwargs = lora_kwargs(spec.rank, spec.scale_alpha, spec.dropout, modules)
-        backend, params = inject_lora(model, kwargs)
-    else:
-        backend, params = inject_lokr(model, spec, modules)
+    device = next(model.parameters()).device
+    with _seeded(spec.seed, device):
+        if spec.method == "lora":
+            kwargs = lora_kwargs(spec.rank, spec.scale_alpha, spec.dropout, modules)
+            backend, params = inject_lora(model, kwargs)
+        else:
+            backend, params = inject_lokr(model, spec, modules)
     return AdapterHandle(spec, model, modules, params, backend)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Run the injection on the global RNG seeded with ``seed``, then restore it: peft and
+    LyCORIS draw their initial weights from torch's global generator (on the CPU, before moving
+    them to the model's device; a CUDA model's generator is forked and seeded too), so this
+    makes the init a function of the seed alone and leaves the caller's random stream as it was.
+    """
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for dev in cuda:
+            with torch.cuda.device(dev):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 @dataclasses.dataclass(frozen=True)

@@ -227,6 +227,7 @@ class TrainSection:
                 alpha=alpha,
                 dropout=s.dropout,
                 target_modules=s.target_modules,
+                seed=self.seed,
             )
         k = self.lokr or LokrSection()
         return AdapterSpec(
@@ -235,6 +236,7 @@ class TrainSection:
             alpha=k.alpha,
             factor=k.factor,
             target_modules=k.target_modules,
+            seed=self.seed,
         )
 
     @property

@@ -34,10 +34,35 @@ LOKR_WEIGHT_NAME = "lokr_weights.safetensors"
 LYCORIS_PREFIX = "lycoris"
 LYCORIS_ATTR = "lycoris"  # the LycorisNetwork is registered on the model under this name
 
+log = logging.getLogger("sanakit.train")
+
 
 def lycoris_name(module_name: str) -> str:
     """LyCORIS' name for a module: ``a.b.to_q`` -> ``lycoris_a_b_to_q``."""
     return f"{LYCORIS_PREFIX}_{module_name}".replace(".", "_")
+
+
+class _NoFullMatrixNotice(logging.Filter):
+    """Drops LyCORIS' "lora_dim N is too large for dim=... using full matrix mode" warning
+    (ANSI-coloured, on stdout, one per layer shape); `inject_lokr` reports it once itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is too large for" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_lycoris() -> Iterator[None]:
+    """LyCORIS' logger without its info messages and its full-matrix notice."""
+    from lycoris.logging import logger
+
+    level, notice = logger.level, _NoFullMatrixNotice()
+    logger.setLevel(logging.WARNING)
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -45,12 +70,10 @@ def _lycoris_targets(modules: tuple[str, ...]) -> Iterator[Any]:
     """Point LyCORIS (whose presets are class attributes) at exactly ``modules``, quietly, and
     restore its class state afterwards so no setting leaks into other LyCORIS users."""
     from lycoris import LycorisNetwork
-    from lycoris.logging import logger
 
     attrs = ("ENABLE_CONV", "TARGET_REPLACE_MODULE", "TARGET_REPLACE_NAME", "MODULE_ALGO_MAP")
     attrs += ("NAME_ALGO_MAP", "USE_FNMATCH", "LORA_PREFIX", "TARGET_EXCLUDE_NAME")
     saved = {a: getattr(LycorisNetwork, a) for a in attrs if hasattr(LycorisNetwork, a)}
-    level = logger.level
     preset = {
         "enable_conv": True,
         "target_module": [],
@@ -63,11 +86,10 @@ def _lycoris_targets(modules: tuple[str, ...]) -> Iterator[Any]:
     if "TARGET_EXCLUDE_NAME" in saved:
         preset["exclude_name"] = []
     try:
-        logger.setLevel(logging.WARNING)
-        LycorisNetwork.apply_preset(preset)
-        yield LycorisNetwork
+        with _quiet_lycoris():
+            LycorisNetwork.apply_preset(preset)
+            yield LycorisNetwork
     finally:
-        logger.setLevel(level)
         for attr, value in saved.items():
             setattr(LycorisNetwork, attr, value)
 
@@ -108,6 +130,14 @@ def inject_lokr(
             f"adapter alpha has no effect with {where}: every LoKr factor is a full matrix "
             f"(scale fixed to 1); lower the rank or leave alpha unset"
         )
+    full_w2 = 0 if spec.full_matrix else sum(lora.use_w2 for lora in loras)
+    if full_w2:
+        layers = f"all {len(loras)}" if full_w2 == len(loras) else f"{full_w2} of {len(loras)}"
+        log.info(
+            "LoKr: rank %d is at least half of W2's larger side in %s layers (factor %d); those "
+            "layers train W2 as a full matrix",
+            spec.rank, layers, spec.lokr_factor,
+        )  # fmt: skip
     if spec.init_lokr_norm is not None:
         _init_lokr_norm(loras, spec.init_lokr_norm)
     model.requires_grad_(False)
@@ -178,7 +208,8 @@ def merge_lokr_file(
         if f"{name}.dora_scale" in tensors:
             raise SanakitError(f"{file}: {name!r} uses DoRA (dora_scale); not supported")
         try:
-            lora = make_module(kind, params, name, module)
+            with _quiet_lycoris():
+                lora = make_module(kind, params, name, module)
             lora.get_weight(lora.shape)
         except (RuntimeError, TypeError, ValueError) as err:
             reason = str(err).strip().splitlines()[0]
