@@ -10,6 +10,7 @@ the last question is a :class:`SanakitError`. The written file is reloaded and v
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,14 @@ from typing import Any
 from sanakit.compat.toml_out import dumps
 from sanakit.config import DatasetConfig
 from sanakit.errors import SanakitError
-from sanakit.train.config import DEFAULT_LR, RunConfig, load_run_config, run_config_from_dict
+from sanakit.train.config import (
+    DEFAULT_LR,
+    LokrSection,
+    LoraSection,
+    RunConfig,
+    load_run_config,
+    run_config_from_dict,
+)
 
 LR_ADVICE = {
     "full": "Sana's loss is high and it wants a low rate: about 1e-5 for a full fine-tune",
@@ -77,16 +85,30 @@ class Prompter:
 
         return self.ask(f"{question} (y/n)", "y" if default else "n", check)
 
-    def number(self, question: str, default: float, kind: type = int, low: float = 1) -> Any:
+    def number(
+        self,
+        question: str,
+        default: float,
+        kind: type = int,
+        low: float = 1,
+        below: float | None = None,
+    ) -> Any:
+        """A finite ``kind`` (int or float) ``>= low`` (and ``< below`` when given)."""
+
         def check(answer: str) -> Any:
             try:
-                value = kind(float(answer)) if kind is int else kind(answer)
+                number = float(answer)
             except ValueError:
                 raise Retry(f"{answer!r} is not a number") from None
-            if kind is int and float(answer) != value:
+            if not math.isfinite(number):
+                raise Retry(f"{answer!r} is not a finite number")
+            value = kind(number) if kind is int else kind(answer)
+            if kind is int and number != value:
                 raise Retry(f"{answer!r} is not a whole number")
             if value < low:
                 raise Retry(f"it must be at least {low}")
+            if below is not None and value >= below:
+                raise Retry(f"it must be below {below}")
             return value
 
         return self.ask(question, default, check)
@@ -104,6 +126,35 @@ def check_model_folder(answer: str) -> str:
     if missing:
         raise Retry(f"{folder} is not a diffusers Sana folder (no {', '.join(missing)})")
     return str(folder.resolve())
+
+
+def ask_adapter(p: Prompter, method: str) -> dict[str, int]:
+    """The ``[train.lora]`` / ``[train.lokr]`` table: LoRA rank, or LoKr factor and rank."""
+    if method == "lora":
+        p.write("  LoRA rank: 16 suits a style or subject; more = more capacity, a bigger file")
+        return {"rank": p.number("LoRA rank", LoraSection().rank, int, 1)}
+    defaults = LokrSection()
+
+    def check_factor(answer: str) -> int:
+        try:
+            value = int(answer)
+        except ValueError:
+            raise Retry(f"{answer!r} is not a whole number") from None
+        if value < 1 and value != -1:
+            raise Retry("the factor must be >= 1, or -1 for automatic")
+        return value
+
+    p.write(
+        "  LoKr factor: each weight delta is kron(W1, W2), W1's sides at most the factor and W2\n"
+        "  the rest, so a larger factor trains a smaller W2 (-1 = W1 and W2 as square as possible)"
+    )
+    factor = p.ask("LoKr factor", defaults.factor, check_factor)
+    p.write(
+        f"  LoKr rank (LyCORIS linear_dim): W2 is factored at this rank where it is below half "
+        f"W2's side;\n  {defaults.rank} (SimpleTuner's quickstart) keeps every W2 a full matrix"
+    )
+    rank = p.number("LoKr rank", defaults.rank, int, 1)
+    return {"factor": factor, "rank": rank}
 
 
 def count_images(folder: Path, strategy: str, prompt: str | None) -> tuple[int, int]:
@@ -183,6 +234,7 @@ def run_wizard(p: Prompter, output: Path, force: bool = False) -> RunConfig:
     p.write("sanakit configure: answer each question; press Enter for the [default].\n")
     base = p.ask("Base model: a local diffusers Sana folder", None, check_model_folder)
     method = p.choice("Training method", ("full", "lora", "lokr"), "full")
+    adapter = ask_adapter(p, method) if method != "full" else None
     out_dir = p.ask("Output folder (checkpoints, validation images)", f"output/sana-{method}")
     resolution = p.number("Training resolution (pixels, about WxH = R*R)", 1024, int, 32)
     batch = p.number("Batch size per step", 1, int, 1)
@@ -205,9 +257,16 @@ def run_wizard(p: Prompter, output: Path, force: bool = False) -> RunConfig:
         datasets.append(ask_dataset(p, len(datasets), batch, resolution, used))
         if not p.yes("Add another dataset", False):
             break
+    p.write("Caption dropout: the share of samples trained on the empty prompt, which")
+    p.write("  classifier-free guidance needs (0 = never; 0.1 is the usual choice)")
+    dropout = p.number("Caption dropout", 0.1, float, 0.0, below=1.0)
+    for ds in datasets:
+        ds["caption_dropout"] = dropout
     cache = p.ask("Cache folder (latents and text embeddings)", "cache")
     train: dict[str, Any] = {"method": method, "lr": lr, "batch_size": batch, "max_steps": steps}
     train.update(gradient_checkpointing=checkpointing)
+    if adapter is not None:
+        train[method] = adapter
     if ema:
         train["ema"] = {"decay": 0.995}
     data = {"cache_dir": cache, "datasets": datasets}
@@ -239,8 +298,16 @@ def _header(base: str) -> list[str]:
 _COMMENTS = {
     "model.base": ["diffusers-format Sana folder (transformer/, vae/, text_encoder/, tokenizer/)"],
     "data.cache_dir": ["latents + text embeddings, computed once before training"],
-    "data.datasets": ["one table per image folder; repeats = extra passes per epoch"],
+    "data.datasets": [
+        "one table per image folder; repeats = extra passes per epoch; caption_dropout = share "
+        "of samples trained on the empty prompt (for classifier-free guidance)"
+    ],
     "train.method": ["full fine-tune, lora (peft) or lokr (LyCORIS)"],
+    "train.lora": ["LoRA: W + (alpha / rank) B A; alpha defaults to the rank"],
+    "train.lokr": [
+        "LoKr: W + kron(W1, W2), W1's sides <= factor; W2 factored at rank where the rank is "
+        "below half its side (10000: full matrices)"
+    ],
     "train.lr": ["Sana: ~1e-5 full fine-tune; 1e-4 LoKr with AdamW (SimpleTuner quickstart)"],
     "train.gradient_checkpointing": ["recompute activations in the backward pass to save memory"],
     "train.ema": [

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from sanakit.cli import main
-from sanakit.train.config import EmaSection, load_run_config
+from sanakit.train.config import EmaSection, LokrSection, LoraSection, load_run_config
 
 
 def _base(folder: Path) -> Path:
@@ -42,6 +42,9 @@ def test_wizard_writes_a_valid_config_and_reasks_bad_answers(tmp_path, monkeypat
         str(tmp_path / "nowhere"),  # not a folder -> asked again
         str(base),
         "lokr",
+        "0",  # LoKr factor 0 -> asked again
+        "4",
+        "",  # LoKr rank: the default 10000
         "",  # output folder: default output/sana-lokr
         "64",
         "4",
@@ -58,16 +61,21 @@ def test_wizard_writes_a_valid_config_and_reasks_bad_answers(tmp_path, monkeypat
         "0",  # 3 images x 1 < batch 4 -> asked again
         "",  # the suggested minimum, 1
         "n",
+        "1",  # caption dropout 1 -> asked again (must be below 1)
+        "0.05",
         "",  # cache: default
     ]
     code, out, err = _run(monkeypatch, capsys, answers, tmp_path / "sanakit.toml")
     assert code == 0, err
-    assert out.count("try again") == 3
+    assert out.count("try again") == 5
+    assert "the factor must be >= 1, or -1 for automatic" in out and "it must be below 1.0" in out
     assert "use repeats >= 1" in out and "3 images found" in out
     config = load_run_config(tmp_path / "sanakit.toml")
     t = config.train
     assert (t.method, t.lr, t.batch_size, t.max_steps) == ("lokr", 1e-4, 4, 30)
     assert t.ema == EmaSection(decay=0.995) and t.gradient_checkpointing is False
+    assert t.lokr == LokrSection(factor=4, rank=10000) and t.lora is None
+    assert t.adapter_spec().lokr_factor == 4
     assert config.model.base == str(base.resolve())
     assert (config.validation.prompts, config.validation.every_steps) == (("a blue photo",), 10)
     assert config.validation.resolutions == ("64x64",)
@@ -79,6 +87,7 @@ def test_wizard_writes_a_valid_config_and_reasks_bad_answers(tmp_path, monkeypat
         1,
     )
     assert (ds.resolution, ds.resolution_type) == (64.0, "pixel_area")
+    assert ds.caption_dropout == 0.05
     text = (tmp_path / "sanakit.toml").read_text()
     assert "# Sana: ~1e-5 full fine-tune; 1e-4 LoKr with AdamW" in text
 
@@ -87,7 +96,7 @@ def test_wizard_checks_captions_and_takes_an_instance_prompt(tmp_path, monkeypat
     base = _base(tmp_path / "sana")
     images = _images(tmp_path / "subject", 2, captions=False)
     answers = [str(base), "", "", "1000", "", "", "", "", "", "", "", str(images), "textfile"]
-    answers += ["instance_prompt", "a photo of sks person", "", "", ""]
+    answers += ["instance_prompt", "a photo of sks person", "", "", "", ""]
     code, out, err = _run(monkeypatch, capsys, answers, tmp_path / "run.toml")
     assert code == 0, err
     assert "none of the 2 images has a usable caption with textfile" in out
@@ -96,6 +105,26 @@ def test_wizard_checks_captions_and_takes_an_instance_prompt(tmp_path, monkeypat
     assert config.validation.resolutions == ("992x992",)  # nearest multiple of 32
     (ds,) = config.data.datasets
     assert (ds.caption_strategy, ds.instance_prompt) == ("instance_prompt", "a photo of sks person")
+    assert ds.caption_dropout == 0.1  # the default
+    assert config.train.lora is None and config.train.lokr is None
+    assert "LoRA rank" not in out and "LoKr" not in out  # no adapter questions for full
+
+
+def test_wizard_asks_the_lora_rank(tmp_path, monkeypatch, capsys):
+    base = _base(tmp_path / "sana")
+    images = _images(tmp_path / "subject", 4, captions=True)
+    answers = [str(base), "lora", "2.5", "-3", "8", "", "64", "", "", "20", "", "", ""]
+    answers += ["", str(images), "", "", "", "nan", "0", ""]
+    code, out, err = _run(monkeypatch, capsys, answers, tmp_path / "lora.toml")
+    assert code == 0, err
+    assert "'2.5' is not a whole number" in out and "it must be at least 1" in out
+    assert "'nan' is not a finite number" in out
+    config = load_run_config(tmp_path / "lora.toml")
+    assert config.train.method == "lora" and config.train.lora == LoraSection(rank=8)
+    assert config.train.adapter_spec().rank == 8
+    (ds,) = config.data.datasets
+    assert ds.caption_dropout == 0.0
+    assert "[train.lora]" in (tmp_path / "lora.toml").read_text()
 
 
 @pytest.mark.parametrize("answers", [[], ["/nonexistent/folder"]])
