@@ -62,6 +62,8 @@ def test_demo_runs_end_to_end_survives_ctrl_c_and_resumes(tmp_path, monkeypatch,
     # 1) Ctrl-C: the step finishes, a checkpoint is saved, exit status 130.
     monkeypatch.setattr(DemoTrainer, "on_step_end", interrupt_at_step_20)
     assert main(["demo", "--steps", "30", "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "s/step over 10 steps" in err and "steps to go + sampling" in err  # the pace line
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000020"
     assert _loss_steps(out) == list(range(1, 21))
     assert not (out / "score.json").exists()
@@ -101,6 +103,10 @@ def test_demo_minutes_budget_stops_training_early_and_the_next_run_continues(tmp
     assert main(["demo", "--steps", "500", "--minutes", "0.0001", "--out", str(out)]) == 0
     score = json.loads((out / "score.json").read_text())
     assert score["steps"] == 1 and _loss_steps(out) == [1]
+    # the budget covers sampling too: past it, one seed per prompt is sampled and scored
+    assert score["samples"] == len(COLORS) * len(SHAPES)
+    err = capsys.readouterr().err
+    assert "budget stops training at step 1" in err and "scoring 1 of 8 seeds" in err
     assert (out / "checkpoints" / "latest").read_text().strip() == "step-00000001"
     # the same command continues from that checkpoint (one more step per budget)
     capsys.readouterr()

@@ -31,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--minutes",
         type=float,
         default=defaults.minutes,
-        help=f"stop training after this many minutes in this run (default: {defaults.minutes})",
+        help="time budget of this invocation in minutes: training stops early so that it and "
+        f"the sampling that follows end within it (default: {defaults.minutes:g})",
     )
     p.add_argument(
         "--steps",

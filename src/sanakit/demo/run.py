@@ -31,7 +31,17 @@ from typing import Any
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
+from sanakit.demo.pace import (
+    REFERENCE_CPU,
+    REFERENCE_STEP_SECONDS,
+    SLOW_FACTOR,
+    Pace,
+    PaceSample,
+    minutes,
+    model_call_seconds,
+)
 from sanakit.demo.report import loss_plot, sample_grid
 from sanakit.demo.score import classify, score_predictions
 from sanakit.demo.settings import DemoSettings
@@ -52,6 +62,8 @@ from sanakit.train.validation import (
 log = logging.getLogger("sanakit.demo")
 
 STATE_FILE = "demo.json"
+PACE_WARMUP = 3  # untimed steps of an invocation (kernel set-up, allocator warm-up)
+PACE_STEPS = 10  # then timed steps, after which the pace and expected total are printed
 
 
 def eval_prompts() -> list[tuple[str, str, str]]:
@@ -185,10 +197,13 @@ class _StopRequest:
 
 
 class DemoTrainer(Trainer):
-    """The trainer plus three things in :meth:`on_step_end`: the per-step loss is appended to
+    """The trainer plus four things in :meth:`on_step_end`: the per-step loss is appended to
     ``loss.jsonl`` (``{"step", "loss", "seconds"}``, seconds = training time over all
-    invocations), training stops early once ``deadline`` (a ``time.perf_counter`` value)
-    passes, and a requested stop saves a checkpoint and raises KeyboardInterrupt."""
+    invocations); after ``PACE_WARMUP + PACE_STEPS`` steps the measured pace and the expected total are
+    printed (with one line saying why when the machine is far slower than expected); training
+    stops early when the next step and the sampling that follows would not end before
+    ``deadline`` (a ``time.perf_counter`` value; None: no limit); and a requested stop saves a
+    checkpoint and raises KeyboardInterrupt."""
 
     def __init__(
         self,
@@ -197,16 +212,22 @@ class DemoTrainer(Trainer):
         resume: str | None,
         loss_log: Path,
         stop: _StopRequest,
-        budget_seconds: float | None,
+        deadline: float | None,
+        settings: DemoSettings,
     ) -> None:
         super().__init__(config, resume=resume)
         self.loss_log = loss_log
         self.stop = stop
-        self.budget_seconds = budget_seconds
+        self.deadline = deadline
+        self.settings = settings
+        self.sampling_seconds = 0.0  # estimated with the pace report
         self.history = [r for r in read_loss_log(loss_log) if r["step"] <= self.step]
         self.seconds_before = self.history[-1]["seconds"] if self.history else 0.0
         loss_log.write_text("".join(json.dumps(r) + "\n" for r in self.history))
         self.started = time.perf_counter()
+        self.first_step = self.step
+        self.pace_start: PaceSample | None = None
+        self.pace: Pace | None = None
 
     @property
     def train_seconds(self) -> float:
@@ -218,17 +239,66 @@ class DemoTrainer(Trainer):
         self.history.append(record)
         with self.loss_log.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        elapsed = time.perf_counter() - self.started
-        if (
-            self.budget_seconds is not None
-            and elapsed > self.budget_seconds
-            and self.step < self.max_steps
-        ):
-            log.info("time budget spent: stopping at step %d", self.step)
-            self.max_steps = self.step  # fit() saves the checkpoint for step == max_steps
+        done = self.step - self.first_step
+        if done == PACE_WARMUP:  # the first steps pay one-off costs: the pace is measured after
+            self.pace_start = PaceSample.now()
+        elif done == PACE_WARMUP + PACE_STEPS and self.pace_start is not None:
+            self.pace = Pace.between(self.pace_start, PaceSample.now(), PACE_STEPS, self.precision)
+            self.sampling_seconds = estimate_sampling_seconds(self, self.settings)
+            self.report_pace(self.pace)
+        if self.deadline is not None and self.step < self.max_steps:
+            step_seconds = (time.perf_counter() - self.started) / max(1, done)
+            if time.perf_counter() + step_seconds + self.sampling_seconds > self.deadline:
+                print(
+                    f"sanakit demo: the {self.settings.minutes:g}-minute budget stops training "
+                    f"at step {self.step} of {self.max_steps}; the same command continues",
+                    file=sys.stderr,
+                )
+                self.max_steps = self.step  # fit() saves the checkpoint for step == max_steps
         if self.stop.requested:
             self.save_checkpoint()
             raise KeyboardInterrupt
+
+    def report_pace(self, pace: Pace) -> None:
+        """Prints the measured pace and the expected time to the end (and, when the machine is
+        far slower than the reference, one line saying why)."""
+        todo = self.max_steps - self.step
+        total = todo * pace.step_seconds + self.sampling_seconds
+        line = (
+            f"sanakit demo: {pace.step_seconds:.3f} s/step over {pace.steps} steps "
+            f"({'bf16' if pace.precision == 'bf16' else 'fp32'}); {todo} steps to go "
+            f"+ sampling: ~{minutes(total)}"
+        )
+        if self.deadline is not None:
+            left = self.deadline - time.perf_counter()
+            line += f" ({minutes(max(0.0, left))} left of the --minutes budget)"
+            if total > left:
+                fits = self.step + max(0, int((left - self.sampling_seconds) / pace.step_seconds))
+                line += f"; training will stop near step {fits}"
+        print(line, file=sys.stderr)
+        if pace.slowdown() > SLOW_FACTOR:
+            print(
+                f"sanakit demo: warning: {pace.slowdown():.0f}x slower than expected "
+                f"({REFERENCE_STEP_SECONDS[pace.precision]:.2f} s/step on {REFERENCE_CPU}): "
+                f"{pace.reason()}",
+                file=sys.stderr,
+            )
+
+
+def estimate_sampling_seconds(trainer: Trainer, settings: DemoSettings) -> float:
+    """Seconds :func:`sample_and_score` will take: one batched CFG model call (2 x prompts) per
+    sampler step and seed, timed once on this machine, plus 10% for the solver and decoding."""
+    model = trainer.accelerator.unwrap_model(trainer.ddp_model)
+    latent = settings.image_size // settings.pixel_shuffle_factor
+    call = model_call_seconds(
+        model,
+        batch=2 * len(eval_prompts()),
+        latent_shape=(model.config.in_channels, latent, latent),
+        text_shape=(settings.text.max_length, trainer.memo["text_hidden_size"]),
+        device=trainer.device,
+        autocast_dtype=trainer.autocast_dtype,
+    )
+    return 1.1 * call * settings.sample_steps * settings.seeds_per_prompt
 
 
 def read_loss_log(path: Path) -> list[dict[str, Any]]:
@@ -250,8 +320,10 @@ def _sample(
     embeds: PromptEmbeddings,
     settings: DemoSettings,
     seed: int,
+    bar: tqdm,
 ) -> list[Image.Image]:
-    """One image per prompt of ``embeds`` (Flow-DPM-Solver + CFG), from noise seeded ``seed``."""
+    """One image per prompt of ``embeds`` (Flow-DPM-Solver + CFG), from noise seeded ``seed``;
+    ``bar`` advances once per sampler step."""
     batch = sample_images(
         model,
         trainer.autoencoder(),
@@ -265,14 +337,18 @@ def _sample(
         shift=settings.sample_shift,
         device=trainer.device,
         autocast_dtype=trainer.autocast_dtype,
+        callback=lambda i, steps, x: bar.update(1),
     )
     return to_pil(batch)
 
 
 @torch.no_grad()
-def sample_and_score(trainer: Trainer, settings: DemoSettings) -> dict[str, Any]:
-    """Samples every prompt of :func:`eval_prompts` with ``seeds_per_prompt`` seeds, writes
-    ``samples/``, ``samples.jsonl`` and ``grid.png``; returns the classifier's scores."""
+def sample_and_score(
+    trainer: Trainer, settings: DemoSettings, deadline: float | None = None
+) -> dict[str, Any]:
+    """Samples every prompt of :func:`eval_prompts` with ``seeds_per_prompt`` seeds (fewer when
+    ``deadline``, a ``time.perf_counter`` value, passes: at least one), writes ``samples/``,
+    ``samples.jsonl`` and ``grid.png``; returns the classifier's scores."""
     out = settings.out
     prompts = eval_prompts()
     section = ValidationSection(prompts=tuple(p for _, _, p in prompts))
@@ -286,9 +362,20 @@ def sample_and_score(trainer: Trainer, settings: DemoSettings) -> dict[str, Any]
     seeds = [settings.seed + k for k in range(settings.seeds_per_prompt)]
     # the EMA weights when the run keeps them (they give the cleaner samples)
     weights = trainer.ema.swapped_in(model) if trainer.ema is not None else contextlib.nullcontext()
-    with eval_mode(model), weights:
+    columns: list[list[Image.Image]] = []
+    bar = tqdm(total=len(seeds) * settings.sample_steps, desc="sample", dynamic_ncols=True)
+    with eval_mode(model), weights, bar:
         # one batch per seed: every prompt starts from the same noise
-        columns = [_sample(trainer, model, embeds, settings, seed) for seed in seeds]
+        for seed in seeds:
+            if columns and deadline is not None and time.perf_counter() > deadline:
+                print(
+                    f"sanakit demo: the {settings.minutes:g}-minute budget is spent: scoring "
+                    f"{len(columns)} of {len(seeds)} seeds per prompt",
+                    file=sys.stderr,
+                )
+                break
+            columns.append(_sample(trainer, model, embeds, settings, seed, bar))
+    seeds = seeds[: len(columns)]
     (out / "samples").mkdir(exist_ok=True)
     rows, judged, lines = [], [], []
     for i, (color, shape, prompt) in enumerate(prompts):
@@ -317,6 +404,8 @@ def sample_and_score(trainer: Trainer, settings: DemoSettings) -> dict[str, Any]
 
 def run_demo(settings: DemoSettings) -> dict[str, Any]:
     """The whole demo (see the module doc); returns the contents of ``score.json``."""
+    started = time.perf_counter()
+    deadline = started + settings.minutes * 60.0 if settings.minutes is not None else None
     if settings.threads:
         torch.set_num_threads(settings.threads)
     config = prepare(settings)
@@ -324,14 +413,14 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     latest = Checkpointer(out).latest()
     if latest is not None:
         print(f"sanakit demo: resuming from {latest}")
-    budget = settings.minutes * 60.0 if settings.minutes is not None else None
     with _StopRequest() as stop:
         trainer = DemoTrainer(
             config,
             resume=str(latest) if latest else None,
             loss_log=out / "loss.jsonl",
             stop=stop,
-            budget_seconds=budget,
+            deadline=deadline,
+            settings=settings,
         )
         try:
             trainer.fit()
@@ -349,7 +438,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
         [r["loss"] for r in history],
         title=f"training loss, {trainer.step} steps, {train_seconds:.0f} s",
     ).save(out / "loss.png")
-    scores = sample_and_score(trainer, settings)
+    scores = sample_and_score(trainer, settings, deadline)
     result = {**scores, "train_seconds": round(train_seconds, 1), "steps": trainer.step}
     (out / "score.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

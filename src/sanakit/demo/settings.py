@@ -13,12 +13,13 @@ from sanakit.errors import SanakitError
 @dataclass(frozen=True)
 class DemoSettings:
     """Everything a demo run depends on. ``steps``/``minutes``: train until ``steps`` optimizer
-    steps or until ``minutes`` of training in this invocation, whichever comes first (None:
-    no time limit). The defaults reach prompt adherence >= 0.8 on 2 CPU cores in minutes."""
+    steps, or stop earlier so that the whole invocation (data, training and sampling) ends
+    within ``minutes`` (None: no time limit). The defaults reach prompt adherence >= 0.8 on 2
+    CPU cores in minutes. ``mixed_precision = "auto"``: bf16 only on CPUs with native bf16."""
 
     out: Path = Path("sanakit-demo")
     steps: int = 2500
-    minutes: float | None = 8.0
+    minutes: float | None = 9.0
     seed: int = 0
     image_size: int = 32
     per_combo: int = 24  # images per colour x shape x background (36 combinations)
@@ -32,7 +33,7 @@ class DemoSettings:
     # prompt decides the picture (Sana trains with 3); without it shape words are learned late
     sample_shift: float = 1.0
     caption_dropout: float = 0.1
-    mixed_precision: str = "bf16"
+    mixed_precision: str = "auto"  # see sanakit.hardware.resolve_mixed_precision
     ema_decay: float | None = None  # None: no EMA (0.995 scored lower); else EMA weights sample
     checkpoint_every: int = 100
     validation_every: int = 200

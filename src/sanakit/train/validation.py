@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
 
 from sanakit.autoencoder import Autoencoder
-from sanakit.sample import flow_dpm_solver, flow_euler
+from sanakit.sample import StepCallback, flow_dpm_solver, flow_euler
 from sanakit.text import TextEncoder
 from sanakit.train.config import ValidationSection, parse_resolution
 
@@ -114,8 +114,10 @@ def sample_images(
     shift: float = 1.0,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
-    """(P, 3, H, W) images in [-1, 1], one per prompt, noise from CPU generators seeded ``seed``."""
+    """(P, 3, H, W) images in [-1, 1], one per prompt, noise from CPU generators seeded ``seed``;
+    ``callback(i, steps, x)`` after every sampler step (progress bars)."""
     f = autoencoder.downsample_factor
     channels = autoencoder.latent_channels
     noise = torch.cat(
@@ -146,6 +148,7 @@ def sample_images(
         guidance_scale=guidance,
         uncond_text=embeds.uncond_text.to(device),
         uncond_mask=embeds.uncond_mask.to(device),
+        callback=callback,
     )
     return autoencoder.decode(latents.to(autoencoder.device, autoencoder.dtype)).float().cpu()
 
