@@ -141,10 +141,18 @@ def test_copied_config_json_example_reports_unsupported_then_imports(root) -> No
     write_tree(root, _copied_example())
     with pytest.raises(SanakitError) as err:
         import_config("config/config.json")
-    message = str(err.value)
-    assert "\n" not in message and "--allow-unsupported" in message
-    assert "push_to_hub = 'true'" in message or "lr_scheduler = 'polynomial'" in message
+    first, *items = str(err.value).splitlines()
+    assert "3 SimpleTuner settings are not supported" in first and "--allow-unsupported" in first
+    assert items == [
+        "  1. lr_scheduler = 'polynomial' is not supported: no sanakit equivalent; use constant, "
+        "constant_with_warmup or linear",
+        "  2. push_checkpoints_to_hub = 'true' is not supported: sanakit does not upload "
+        "checkpoints",
+        "  3. push_to_hub = 'true' is not supported: sanakit does not upload; run "
+        "`huggingface-cli upload` on output.dir",
+    ]  # validation_guidance_rescale = "0.0" is off, not one of them
     result = import_config("config/config.json", allow_unsupported=True)
+    assert len(result.warnings) == 3
     dropped = " ".join(result.warnings)
     for key in ("lr_scheduler", "push_to_hub", "push_checkpoints_to_hub"):
         assert key in dropped
@@ -208,6 +216,36 @@ def test_backend_typo_and_allow_unsupported_warning(root) -> None:
         import_config("config/config.json")
     result = import_config("config/config.json", allow_unsupported=True)
     assert len(result.warnings) == 1 and "crop_style = 'corner' dropped" in result.warnings[0]
+    assert result.config.data.datasets[0].crop_style is None  # dropped: sanakit's default
+
+
+def test_all_unsupported_keys_of_all_files_are_reported_together(root, capsys) -> None:
+    backends = json.loads(seed_blocks.MULTIDATABACKEND)
+    backends[0]["crop_style"] = "corner"
+    backends[0].pop("is_regularisation_data", None)
+    lycoris = {**json.loads(seed_blocks.SANA_LYCORIS_CONFIG), "multiplier": 0.5}
+    lycoris["apply_preset"] = {"target_module": ["Attention"]}
+    config = {**MINIMAL, "model_type": "lora", "lora_type": "lycoris"}
+    config |= {"lycoris_config": "config/lycoris_config.json", "push_to_hub": True}
+    write_tree(root, config, backends, lycoris=json.dumps(lycoris))
+    for command in (["import-simpletuner", "config/config.json"], ["train", "config/config.json"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        first, *items = err.splitlines()
+        assert first == (
+            "sanakit: error: config/config.json: 3 SimpleTuner settings are not supported; "
+            "remove them (or pass --allow-unsupported to drop them with a warning):"
+        )
+        assert len(items) == 3 and [item.split(". ")[0] for item in items] == ["  1", "  2", "  3"]
+        for key in (
+            "push_to_hub = True",
+            "multidatabackend.json[0].crop_style = 'corner'",
+            "lycoris_config.json:multiplier = 0.5",
+        ):
+            assert sum(key + " is not supported: " in item for item in items) == 1, key
+    assert not (root / "sanakit.toml").exists()
+    result = import_config("config/config.json", allow_unsupported=True)
+    assert len(result.warnings) == 3
     assert result.config.data.datasets[0].crop_style is None  # dropped: sanakit's default
 
 

@@ -3,9 +3,10 @@
 
 Every key is accounted for in :attr:`ImportResult.mapping`: mapped with the same meaning (the
 note says where meanings differ in detail), ignored with the reason it is harmless, or
-unsupported -> a one-line :class:`SanakitError` naming the key and what to do, unless
-``allow_unsupported`` (then a warning and the key is dropped). Unknown keys (typos) are errors
-naming the nearest known key; ``model_family`` other than ``sana`` is an error.
+unsupported -> one :class:`SanakitError` naming every unsupported key of the files (and what to
+do about each), unless ``allow_unsupported`` (then a warning each and the keys are dropped).
+Unknown keys (typos) are errors naming the nearest known key; ``model_family`` other than
+``sana`` is an error.
 
 Relative paths follow SimpleTuner, which runs from its repository root: they are looked up
 against the current directory, then the parent of the config's folder (so ``config/...`` in
@@ -154,8 +155,9 @@ def import_config(
 
     ``overrides`` (``"train.lr=2e-5"``) are applied to the imported sanakit config, as
     ``sanakit train --set`` does. Raises :class:`SanakitError` (one line, naming the file and
-    key) for unknown keys, unsupported settings (unless ``allow_unsupported``), a model family
-    other than Sana, a Hub id that is not available locally, or missing files.
+    key) for unknown keys, a model family other than Sana, a Hub id that is not available
+    locally, or missing files; and, unless ``allow_unsupported``, one error listing all the
+    unsupported settings of config.json, the backends and the LyCORIS config.
     """
     source = Path(config_json_path)
     raw = normalise_keys(source, load_config_file(source))
@@ -182,6 +184,7 @@ def import_config(
     if keys.seed is not None:
         data["seed"] = keys.seed
     _check_reported(source, raw, keys.backend_file, ctx.entries)
+    ctx.raise_unsupported(source)
     tables = {"model": keys.tables["model"], "data": data, **keys.tables}
     tables = {k: v for k, v in tables.items() if v or k in ("model", "data", "train")}
     if overrides:

@@ -47,25 +47,33 @@ def words(text: str) -> frozenset[str]:
 
 
 def is_off(value: Any) -> bool:
-    """SimpleTuner's "not enabled" values: false, 0, empty, null, "none"."""
+    """SimpleTuner's "not enabled" values: false, 0 (also "0.0"), empty, null, "none"."""
     if value is None or value is False:
         return True
     if isinstance(value, int | float) and not isinstance(value, bool):
         return value == 0
     if isinstance(value, str):
-        return value.strip().lower() in OFF_STRINGS
+        text = value.strip().lower()
+        if text in OFF_STRINGS:
+            return True
+        try:
+            return float(text) == 0  # "0.0", as SimpleTuner configs write numbers
+        except ValueError:
+            return False
     if isinstance(value, list | dict):
         return not value
     return False
 
 
 class Context:
-    """Collects the mapping of one import; raises or warns on unsupported keys."""
+    """Collects the mapping of one import, and the unsupported keys: all of them are reported
+    together by :meth:`raise_unsupported`, or (``allow_unsupported``) dropped with warnings."""
 
     def __init__(self, allow_unsupported: bool) -> None:
         self.allow_unsupported = allow_unsupported
         self.entries: list[MappingEntry] = []
         self.warnings: list[str] = []
+        self.rejected: list[tuple[Path, str]] = []  # (file, "key = value is not supported: ...")
 
     def mapped(self, key: str, value: Any, target: str, note: str = "") -> None:
         self.entries.append(MappingEntry(key, value, target, note))
@@ -74,14 +82,32 @@ class Context:
         self.entries.append(MappingEntry(key, value, None, f"ignored: {reason}"))
 
     def unsupported(self, file: Path, key: str, value: Any, detail: str) -> None:
-        """Raise a one-line error, or (``allow_unsupported``) record a warning and drop it."""
-        if not self.allow_unsupported:
-            raise SanakitError(
-                f"{file}: {key} = {value!r} is not supported: {detail}; remove it "
-                f"(or pass --allow-unsupported to drop it with a warning)"
-            )
-        self.warnings.append(f"{key} = {value!r} dropped: {detail}")
+        """Drop the key (the import goes on as if it were absent) and record it: as a warning
+        with ``allow_unsupported``, else for the error of :meth:`raise_unsupported`."""
         self.entries.append(MappingEntry(key, value, None, f"UNSUPPORTED, dropped: {detail}"))
+        if self.allow_unsupported:
+            self.warnings.append(f"{key} = {value!r} dropped: {detail}")
+        else:
+            self.rejected.append((file, f"{key} = {value!r} is not supported: {detail}"))
+
+    def raise_unsupported(self, source: Path) -> None:
+        """Raise one :class:`SanakitError` naming every unsupported key met (none: return). One
+        key: a one-line error naming its file; several: a first line that counts them and says
+        what to do, then one numbered line per key (each key names its file)."""
+        if not self.rejected:
+            return
+        if len(self.rejected) == 1:
+            ((file, problem),) = self.rejected
+            raise SanakitError(
+                f"{file}: {problem}; remove it (or pass --allow-unsupported to drop it with a "
+                f"warning)"
+            )
+        lines = [
+            f"{source}: {len(self.rejected)} SimpleTuner settings are not supported; remove them "
+            f"(or pass --allow-unsupported to drop them with a warning):"
+        ]
+        lines += [f"  {i}. {problem}" for i, (_, problem) in enumerate(self.rejected, 1)]
+        raise SanakitError("\n".join(lines))
 
 
 def unknown_key(file: Path, key: str, known: Iterable[str]) -> SanakitError:
