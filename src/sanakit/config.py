@@ -11,6 +11,11 @@ Machinery (section-agnostic):
   literals (``2e-5``, ``true``, ``[1, 2]``, ``"text"``) and fall back to a plain string.
 - :func:`to_dict` turns a dataclass back into plain data (``None`` values omitted, tuples as
   lists) so the resolved configuration can be written next to checkpoints.
+- :func:`check_output_folder` rejects a folder to be written that is a file (or lies under one),
+  before any work is done.
+
+An unknown key that is a SimpleTuner option name (``learning_rate``, ``train_batch_size``, ...)
+gets the sanakit key in its message (:data:`SIMPLETUNER_NAMES`).
 
 Sections defined here: :class:`DatasetConfig` (one ``[[data.datasets]]`` entry, SimpleTuner's
 ``multidatabackend.json`` keys) and :class:`DataConfig` (the ``[data]`` table). Other sections are
@@ -44,7 +49,9 @@ __all__ = [
     "ConfigValueError",
     "DataConfig",
     "DatasetConfig",
+    "SIMPLETUNER_NAMES",
     "apply_overrides",
+    "check_output_folder",
     "from_dict",
     "load_config_file",
     "to_dict",
@@ -59,6 +66,73 @@ class ConfigValueError(SanakitError):
         self.key = key
         self.detail = detail
         super().__init__(f"{type(owner).__name__}.{key} {detail}")
+
+
+# SimpleTuner config.json / multidatabackend.json names -> the sanakit key that does the same
+# (`sanakit import-simpletuner` converts whole files; this table only words the error of a key
+# written by hand). Keys SimpleTuner spells like sanakit but at the top level are included so
+# the message says which table they belong in.
+SIMPLETUNER_NAMES: dict[str, str] = {
+    "pretrained_model_name_or_path": "model.base",
+    "learning_rate": "train.lr",
+    "num_train_epochs": "train.epochs",
+    "max_train_steps": "train.max_steps",
+    "train_batch_size": "train.batch_size",
+    "gradient_accumulation_steps": "train.gradient_accumulation",
+    "lr_warmup_steps": "train.warmup_steps",
+    "max_grad_norm": "train.grad_clip",
+    "adam_beta1": "train.betas",
+    "adam_beta2": "train.betas",
+    "adam_epsilon": "train.eps",
+    "adam_weight_decay": "train.weight_decay",
+    "flow_schedule_shift": "train.flow_shift",
+    "flow_schedule_auto_shift": "train.auto_shift",
+    "model_type": "train.method",
+    "lora_type": "train.method",
+    "lora_rank": "train.lora.rank",
+    "lora_alpha": "train.lora.alpha",
+    "lora_dropout": "train.lora.dropout",
+    "lycoris_config": "train.lokr",
+    "use_ema": "train.ema",
+    "ema_decay": "train.ema.decay",
+    "ema_update_interval": "train.ema.update_every",
+    "ema_cpu_only": "train.ema.on_cpu",
+    "optimizer": "train.optimizer",
+    "lr_scheduler": "train.lr_scheduler",
+    "mixed_precision": "train.mixed_precision",
+    "gradient_checkpointing": "train.gradient_checkpointing",
+    "gradient_checkpointing_interval": "train.gradient_checkpointing_interval",
+    "validation_prompt": "validation.prompts",
+    "user_prompt_library": "validation.prompt_library",
+    "validation_steps": "validation.every_steps",
+    "validation_step_interval": "validation.every_steps",
+    "validation_num_inference_steps": "validation.steps",
+    "validation_guidance": "validation.guidance",
+    "validation_negative_prompt": "validation.negative_prompt",
+    "validation_resolution": "validation.resolutions",
+    "validation_seed": "validation.seed",
+    "output_dir": "output.dir",
+    "checkpointing_steps": "output.checkpoint_every",
+    "checkpoint_step_interval": "output.checkpoint_every",
+    "checkpoints_total_limit": "output.keep_last",
+    "report_to": "output.log_with",
+    "data_backend_config": "data.datasets",
+    "cache_dir_vae": "data.cache_dir",
+    "instance_data_dir": "data.datasets[].path",
+    "caption_dropout_probability": "data.datasets[].caption_dropout",
+}
+
+
+def _unknown_key_hint(name: str, fields: Sequence[str]) -> str:
+    """The part of an unknown-key message after the key: the sanakit key of a SimpleTuner
+    name, else the nearest valid key, else the valid keys."""
+    target = SIMPLETUNER_NAMES.get(name)
+    if target is not None:
+        if target.rsplit(".", 1)[-1] == name:
+            return f"it belongs in [{target.rsplit('.', 1)[0]}]: {target}"
+        return f"that is SimpleTuner's name; here it is {target}"
+    near = difflib.get_close_matches(name, list(fields), n=1)
+    return f"did you mean {near[0]!r}?" if near else f"valid keys: {', '.join(fields)}"
 
 
 # ----------------------------------------------------------------------------- machinery
@@ -81,7 +155,28 @@ def _type_name(tp: Any) -> str:
 
 
 def _fail(key: str, tp: Any, value: Any) -> SanakitError:
-    return SanakitError(f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    hint = ""
+    if isinstance(value, str) and _parses_as(value, tp):
+        hint = "; write it without quotes"
+    return SanakitError(
+        f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__}){hint}"
+    )
+
+
+def _parses_as(text: str, tp: Any) -> bool:
+    """Whether the quoted ``text`` would be a valid ``tp`` written as a TOML literal
+    (``"2e-5"`` for a float, ``"true"`` for a bool)."""
+    if tp not in (int, float, bool):
+        return False
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        return False
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _convert(value: Any, tp: Any, key: str) -> Any:
@@ -168,8 +263,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     hints = typing.get_type_hints(cls)
     for name in data:
         if name not in fields:
-            near = difflib.get_close_matches(str(name), list(fields), n=1)
-            hint = f"did you mean {near[0]!r}?" if near else f"valid keys: {', '.join(fields)}"
+            hint = _unknown_key_hint(str(name), list(fields))
             raise SanakitError(f"unknown key {prefix}{name}; {hint}")
     kwargs: dict[str, Any] = {}
     for name, field in fields.items():
@@ -221,6 +315,25 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise SanakitError(f"config file {path} is not UTF-8 text: {err}") from None
     raise SanakitError(f"config file {path} must end in .toml or .json")
+
+
+def check_output_folder(path: str | Path, what: str) -> None:
+    """Raises a one-line :class:`SanakitError` naming ``what`` (a config key or a flag, e.g.
+    ``output.dir`` or ``--out``) when the folder ``path`` cannot be created because it, or the
+    nearest existing folder above it, is a file. Does not create anything."""
+    folder = Path(path).expanduser()
+    for existing in (folder, *folder.parents):
+        if existing.exists():
+            break
+    else:
+        return
+    if existing.is_dir():
+        return
+    if existing == folder:
+        raise SanakitError(f"{what} {path} is a file, not a folder; pass a folder to write into")
+    raise SanakitError(
+        f"{what} {path} cannot be created: {existing} is a file; pass a folder outside it"
+    )
 
 
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -429,8 +542,9 @@ class DataConfig:
     per-dataset sample lists and ``cache_report.json``. ``latent_dtype``/``text_dtype`` choose
     the stored precision (``bf16`` halves the disk size). ``shard_size_mb`` is the target shard
     size. ``max_image_pixels`` is the decompression-bomb limit (width x height): larger images
-    are skipped and reported. ``num_workers`` threads decode images while caching and worker
-    processes read batches while training (0 = main process). ``seed`` fixes random crops.
+    are skipped and reported. ``num_workers`` is the number of threads that decode images while
+    caching (0 or 1: one thread) and of worker processes that read batches while training (0: the
+    main process reads them). ``seed`` fixes random crops.
     """
 
     datasets: tuple[DatasetConfig, ...]

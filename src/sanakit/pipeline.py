@@ -13,12 +13,16 @@ guidance scale) on sanakit's own transformer, text encoder and samplers:
    diffusers whatever the batch;
 4. sampling (:mod:`sanakit.sample`); 5. DC-AE decode; 6. bilinear resize + centre crop back to
    the requested ``(H, W)`` when binned; 7. ``uint8 = round(255 * clamp(x / 2 + 0.5, 0, 1))``.
+
+A request is validated by :func:`resolve_plan` from the configs alone, so
+:class:`PipelineSpec` (a folder's config files, no weights) can check a request and estimate its
+memory (:func:`estimate_memory`) before anything is loaded.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +35,8 @@ from PIL import Image
 from sanakit.autoencoder import Autoencoder, DCAutoencoder
 from sanakit.data.buckets import closest_bucket
 from sanakit.errors import SanakitError
-from sanakit.models import SanaTransformer, load_transformer
+from sanakit.models import ModelConfig, SanaTransformer, load_transformer
+from sanakit.models.io import read_config, resolve_transformer_dir
 from sanakit.sample import NUM_TRAIN_TIMESTEPS, StepCallback, flow_dpm_solver, flow_euler, scm
 from sanakit.text import TextEncoder
 
@@ -39,6 +44,8 @@ SamplerName = Literal["dpm", "euler", "scm"]
 SAMPLERS: tuple[str, ...] = ("dpm", "euler", "scm")
 DEFAULT_STEPS: dict[str, int] = {"dpm": 20, "euler": 20, "scm": 2}
 DEFAULT_GUIDANCE = 4.5  # Sana's and Sana-Sprint's default guidance scale
+# diffusers' AutoencoderDC defaults (Sana's f32c32 DC-AE), for vae configs that omit them
+_DC_AE_BLOCK_CHANNELS = (128, 256, 512, 512, 1024, 1024)
 PIPELINE_PARTS: tuple[str, ...] = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 Generators = torch.Generator | Sequence[torch.Generator]
 
@@ -151,6 +158,189 @@ def read_scheduler_config(path: str | Path) -> SamplerSettings:
     return SamplerSettings("scm", sigma_data=float(config.get("sigma_data", 0.5)))
 
 
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SanakitError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def resolve_plan(
+    config: ModelConfig,
+    settings: SamplerSettings,
+    downsample_factor: int,
+    *,
+    negative_prompt: str | Sequence[str] = "",
+    height: int | None = None,
+    width: int | None = None,
+    steps: int | None = None,
+    guidance_scale: float = DEFAULT_GUIDANCE,
+    sampler: SamplerName | None = None,
+    flow_shift: float | None = None,
+    use_resolution_binning: bool = True,
+    names: Mapping[str, str] | None = None,
+) -> Plan:
+    """Validates a request against a transformer config, the default sampler settings and the
+    autoencoder's downsampling, and fills in the defaults (see :meth:`TextToImage.__call__`).
+
+    ``names`` maps argument names (``negative_prompt``, ``guidance_scale``, ``steps``,
+    ``sampler``, ``flow_shift``, ``height``, ``width``) to the words errors use for them, so a
+    command line can name its flags (``--negative-prompt``, ``--guidance``).
+    """
+
+    def word(arg: str) -> str:
+        return (names or {}).get(arg, arg)
+
+    name = sampler or settings.sampler
+    if name not in SAMPLERS:
+        raise SanakitError(f"unknown {word('sampler')} {name!r}; use one of {', '.join(SAMPLERS)}")
+    if (name == "scm") != config.guidance_embeds:
+        raise SanakitError(
+            f"{word('sampler')} 'scm' needs a Sana-Sprint model (guidance_embeds=true); this "
+            "flow model samples with 'dpm' or 'euler'"
+            if name == "scm"
+            else f"{word('sampler')} {name!r} needs a flow model; this Sana-Sprint model "
+            "(guidance_embeds=true) samples with 'scm'"
+        )
+    steps = _positive_int(word("steps"), DEFAULT_STEPS[name] if steps is None else steps)
+    do_cfg = name != "scm" and guidance_scale > 1.0
+    negatives = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
+    if any(negatives) and not do_cfg:
+        raise SanakitError(
+            f"{word('negative_prompt')} is only used with classifier-free guidance "
+            f"(a dpm/euler sampler and {word('guidance_scale')} > 1)"
+        )
+    if name == "scm" and flow_shift is not None:
+        raise SanakitError(f"{word('flow_shift')} applies to the dpm/euler samplers, not to scm")
+    shift = None if name == "scm" else settings.flow_shift
+    if flow_shift is not None:
+        shift = float(flow_shift)
+        if not shift > 0:
+            raise SanakitError(f"{word('flow_shift')} must be > 0, got {shift}; 1.0 means no shift")
+    base = config.sample_size * downsample_factor
+    size = (
+        _positive_int(word("height"), base if height is None else height),
+        _positive_int(word("width"), base if width is None else width),
+    )
+    sample_size = closest_bucket(*size, base) if use_resolution_binning else size
+    f = downsample_factor
+    if sample_size[0] % f or sample_size[1] % f:
+        raise SanakitError(
+            f"{word('height')} x {word('width')} {size[0]}x{size[1]} must be multiples of the "
+            f"autoencoder's downsample factor {f} without resolution binning"
+        )
+    latent = (sample_size[0] // f, sample_size[1] // f)
+    p = config.patch_size
+    if latent[0] % p or latent[1] % p:
+        raise SanakitError(
+            f"{word('height')} x {word('width')} {sample_size[0]}x{sample_size[1]}: latent "
+            f"{latent[0]}x{latent[1]} is not divisible by the transformer's patch size {p}; "
+            f"use multiples of {f * p}"
+        )
+    return Plan(name, steps, float(guidance_scale), shift, do_cfg, size, sample_size, latent)
+
+
+def _check_pipeline_folder(root: Path) -> None:
+    if not root.is_dir():
+        raise SanakitError(
+            f"{root}: model folder not found; pass a diffusers-format Sana pipeline folder "
+            f"(with {', '.join(p + '/' for p in PIPELINE_PARTS)})"
+        )
+    for part in PIPELINE_PARTS:
+        if not (root / part).is_dir():
+            raise SanakitError(
+                f"{root}: no {part}/ subfolder; a Sana pipeline folder needs "
+                f"{', '.join(p + '/' for p in PIPELINE_PARTS)}"
+            )
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What a pipeline folder's config files say, read without loading any weights.
+
+    ``downsample_factor`` is the DC-AE's ``2 ** (stages - 1)``; ``decoder_width`` the channels
+    of its full-resolution decoder stage (``decoder_block_out_channels[0]``, which dominates the
+    decoder's memory); ``weight_bytes`` the size of the weight files of every part.
+    """
+
+    transformer: ModelConfig
+    settings: SamplerSettings
+    downsample_factor: int
+    decoder_width: int
+    weight_bytes: int
+
+    @classmethod
+    def read(cls, folder: str | Path) -> PipelineSpec:
+        root = Path(folder)
+        _check_pipeline_folder(root)
+        settings = read_scheduler_config(root / "scheduler")
+        transformer = read_config(resolve_transformer_dir(root / "transformer"))
+        vae_file = root / "vae" / "config.json"
+        try:
+            vae = json.loads(vae_file.read_text())
+        except FileNotFoundError as err:
+            raise SanakitError(f"{vae_file}: not found; the vae/ folder needs its config") from err
+        except (OSError, json.JSONDecodeError) as err:
+            raise SanakitError(f"{vae_file}: unreadable JSON ({err})") from err
+        if vae.get("_class_name", "AutoencoderDC") != "AutoencoderDC":
+            raise SanakitError(
+                f"{vae_file}: the autoencoder is a {vae['_class_name']}, not a DC-AE (AutoencoderDC)"
+            )
+        encoder = vae.get("encoder_block_out_channels", _DC_AE_BLOCK_CHANNELS)
+        decoder = vae.get("decoder_block_out_channels", _DC_AE_BLOCK_CHANNELS)
+        weights = sum(
+            path.stat().st_size
+            for part in ("transformer", "vae", "text_encoder")
+            for path in (root / part).glob("*")
+            if path.suffix in (".safetensors", ".bin")
+        )
+        return cls(transformer, settings, 2 ** (len(encoder) - 1), int(decoder[0]), weights)
+
+    @property
+    def base_resolution(self) -> int:
+        """Pixel side of the model's native square (:attr:`TextToImage.base_resolution`)."""
+        return self.transformer.sample_size * self.downsample_factor
+
+    def resolve(self, **request: Any) -> Plan:
+        """:func:`resolve_plan` for this folder's model (keyword arguments as there)."""
+        return resolve_plan(self.transformer, self.settings, self.downsample_factor, **request)
+
+
+def _resized_size(sample: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+    """The size :func:`resize_and_center_crop` resizes ``sample`` to before cropping ``size``."""
+    (h, w), (height, width) = sample, size
+    ratio = max(height / h, width / w)
+    return int(h * ratio), int(w * ratio)
+
+
+def estimate_memory(
+    plan: Plan, spec: PipelineSpec, images: int, element_size: int, *, weights: bool = True
+) -> int:
+    """A rough upper estimate, in bytes, of the memory one call making ``images`` images of
+    ``plan`` needs on its device: the weights, plus the largest of
+
+    - transformer activations: ``images x (2 with CFG) x tokens x hidden x 10`` elements (the
+      GLUMBConv feed-forward widens each token ~5x, with its input, gate and output alive);
+    - DC-AE decoding: ``3 x images x H x W x decoder_width`` elements at the sampled size (a
+      full-resolution residual block's input, hidden and output);
+    - resizing a binned image back: ``images x 3 x (H' x W' + H x W)`` elements at the resized
+      size ``H' x W'`` (before the crop), plus the decoded images;
+    - the PNG pixels: ``images x H x W x 3`` as float32 and uint8.
+    """
+    cfg = spec.transformer
+    tokens = (plan.latent_size[0] // cfg.patch_size) * (plan.latent_size[1] // cfg.patch_size)
+    hidden = cfg.num_attention_heads * cfg.attention_head_dim
+    passes = images * (2 if plan.do_cfg else 1)
+    transformer = passes * tokens * hidden * 10 * element_size
+    sampled = plan.sample_size[0] * plan.sample_size[1]
+    decode = 3 * images * sampled * spec.decoder_width * element_size
+    resize = images * 3 * sampled * element_size
+    if plan.sample_size != plan.size:
+        resized_h, resized_w = _resized_size(plan.sample_size, plan.size)
+        resize += images * 3 * (resized_h * resized_w + plan.size[0] * plan.size[1]) * element_size
+    pixels = images * plan.size[0] * plan.size[1] * 3 * (4 + 1)
+    return (spec.weight_bytes if weights else 0) + max(transformer, decode, resize, pixels)
+
+
 def resize_and_center_crop(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(B, C, h, w) → (B, C, height, width): bilinear resize (no corner alignment) by
     ``r = max(height / h, width / w)`` to ``(int(h r), int(w r))``, then a centre crop; the
@@ -158,8 +348,7 @@ def resize_and_center_crop(images: torch.Tensor, height: int, width: int) -> tor
     h, w = images.shape[-2:]
     if (h, w) == (height, width):
         return images
-    ratio = max(height / h, width / w)
-    new_h, new_w = int(h * ratio), int(w * ratio)
+    new_h, new_w = _resized_size((h, w), (height, width))
     images = F.interpolate(images, size=(new_h, new_w), mode="bilinear", align_corners=False)
     top, left = (new_h - height) // 2, (new_w - width) // 2
     return images[:, :, top : top + height, left : left + width]
@@ -192,12 +381,6 @@ def initial_noise(shape: Sequence[int], generator: Generators) -> torch.Tensor:
         raise SanakitError(f"got {len(gens)} generators for {shape[0]} images; pass one per image")
     one = (1, *shape[1:])
     return torch.cat([torch.randn(one, generator=g, device=g.device) for g in gens])
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SanakitError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 class TextToImage:
@@ -246,17 +429,7 @@ class TextToImage:
         ``text_encoder/``, ``tokenizer/``, ``scheduler/``), every part in ``dtype`` on ``device``.
         Never downloads."""
         root = Path(folder)
-        if not root.is_dir():
-            raise SanakitError(
-                f"{root}: model folder not found; pass a diffusers-format Sana pipeline folder "
-                f"(with {', '.join(p + '/' for p in PIPELINE_PARTS)})"
-            )
-        for part in PIPELINE_PARTS:
-            if not (root / part).is_dir():
-                raise SanakitError(
-                    f"{root}: no {part}/ subfolder; a Sana pipeline folder needs "
-                    f"{', '.join(p + '/' for p in PIPELINE_PARTS)}"
-                )
+        _check_pipeline_folder(root)
         settings = read_scheduler_config(root / "scheduler")
         transformer = load_transformer(root / "transformer", torch_dtype=dtype, device=device)
         text_encoder = TextEncoder.from_pretrained(root, dtype=dtype, device=device)
@@ -284,48 +457,24 @@ class TextToImage:
         sampler: SamplerName | None = None,
         flow_shift: float | None = None,
         use_resolution_binning: bool = True,
+        names: Mapping[str, str] | None = None,
     ) -> Plan:
-        """Validates a request and fills in the defaults, without running anything (the CLI
-        calls it before loading prompts into the model; :meth:`__call__` runs it first)."""
-        name = sampler or self.settings.sampler
-        if name not in SAMPLERS:
-            raise SanakitError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
-        config = self.transformer.config
-        if (name == "scm") != config.guidance_embeds:
-            raise SanakitError(
-                "sampler 'scm' needs a Sana-Sprint model (guidance_embeds=true)"
-                if name == "scm"
-                else f"sampler {name!r} needs a flow model; this Sana-Sprint model "
-                "(guidance_embeds=true) samples with 'scm'"
-            )
-        steps = _positive_int("steps", DEFAULT_STEPS[name] if steps is None else steps)
-        do_cfg = name != "scm" and guidance_scale > 1.0
-        negatives = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
-        if any(negatives) and not do_cfg:
-            raise SanakitError(
-                "negative_prompt is only used with classifier-free guidance "
-                "(a dpm/euler sampler and guidance_scale > 1)"
-            )
-        if name == "scm" and flow_shift is not None:
-            raise SanakitError("flow_shift applies to the dpm/euler samplers, not to scm")
-        shift = None if name == "scm" else self.settings.flow_shift
-        if flow_shift is not None:
-            shift = float(flow_shift)
-            if not shift > 0:
-                raise SanakitError(f"flow_shift must be > 0, got {shift}; 1.0 means no shift")
-        size = (
-            _positive_int("height", self.base_resolution if height is None else height),
-            _positive_int("width", self.base_resolution if width is None else width),
+        """Validates a request and fills in the defaults, without running anything
+        (:func:`resolve_plan` on this pipeline's parts; :meth:`__call__` runs it first)."""
+        return resolve_plan(
+            self.transformer.config,
+            self.settings,
+            self.autoencoder.downsample_factor,
+            negative_prompt=negative_prompt,
+            height=height,
+            width=width,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            sampler=sampler,
+            flow_shift=flow_shift,
+            use_resolution_binning=use_resolution_binning,
+            names=names,
         )
-        sample_size = self.binned_size(*size) if use_resolution_binning else size
-        latent = self.autoencoder.latent_size(*sample_size)
-        p = config.patch_size
-        if latent[0] % p or latent[1] % p:
-            raise SanakitError(
-                f"image size {sample_size[0]}x{sample_size[1]}: latent {latent[0]}x{latent[1]} "
-                f"is not divisible by the transformer's patch size {p}"
-            )
-        return Plan(name, steps, float(guidance_scale), shift, do_cfg, size, sample_size, latent)
 
     def _generators(
         self, seed: int | Sequence[int] | None, generator: Generators | None, prompts: int, n: int

@@ -12,6 +12,7 @@ from sanakit.config import (
     DataConfig,
     DatasetConfig,
     apply_overrides,
+    check_output_folder,
     from_dict,
     load_config_file,
     to_dict,
@@ -46,6 +47,59 @@ def test_unknown_key_names_dotted_key_and_nearest() -> None:
         from_dict(_Outer, {"name": "n", "zzz": 1}, where="x")
 
 
+def test_simpletuner_names_get_the_sanakit_key() -> None:
+    with pytest.raises(SanakitError) as err:
+        from_dict(DataConfig, _data(instance_data_dir="imgs"), where="data")
+    assert str(err.value) == (
+        "unknown key data.datasets[0].instance_data_dir; that is SimpleTuner's name; "
+        "here it is data.datasets[].path"
+    )
+    with pytest.raises(SanakitError) as err:
+        from_dict(_Outer, {"name": "n", "learning_rate": 1e-4}, where="x")
+    assert str(err.value) == (
+        "unknown key x.learning_rate; that is SimpleTuner's name; here it is train.lr"
+    )
+    with pytest.raises(SanakitError) as err:
+        from_dict(_Outer, {"name": "n", "mixed_precision": "bf16"})
+    assert str(err.value) == (
+        "unknown key mixed_precision; it belongs in [train]: train.mixed_precision"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"name": "n", "ratio": "2e-5"},
+            "x.ratio must be float, got '2e-5' (str); write it without quotes",
+        ),
+        ({"name": "n", "inner": {"size": " 3 "}}, "write it without quotes"),
+        ({"name": "n", "inner": {"size": "3.5"}}, "x.inner.size must be int, got '3.5' (str)"),
+        ({"name": "true"}, None),
+    ],
+)
+def test_quoted_numbers_are_told_to_drop_the_quotes(data: dict, message: str | None) -> None:
+    if message is None:  # a str key takes the quoted text as it is
+        assert from_dict(_Outer, data, where="x").name == "true"
+        return
+    with pytest.raises(SanakitError) as err:
+        from_dict(_Outer, data, where="x")
+    assert message in str(err.value)
+    if "3.5" in message:  # not an int even without quotes: no such hint
+        assert "quotes" not in str(err.value)
+
+
+def test_check_output_folder(tmp_path) -> None:
+    check_output_folder(tmp_path, "output.dir")  # an existing folder
+    check_output_folder(tmp_path / "new" / "deeper", "output.dir")  # creatable
+    a_file = tmp_path / "f"
+    a_file.write_text("")
+    with pytest.raises(SanakitError, match=r"^output\.dir .*/f is a file, not a folder; "):
+        check_output_folder(a_file, "output.dir")
+    with pytest.raises(SanakitError, match=r"^--out .*/f/sub cannot be created: .*/f is a file"):
+        check_output_folder(a_file / "sub", "--out")
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -55,7 +109,7 @@ def test_unknown_key_names_dotted_key_and_nearest() -> None:
         ({"name": "n", "inner": {"size": True}}, "x.inner.size must be int, got True (bool)"),
         (
             {"name": "n", "items": [{"size": 1}, {"size": "2"}]},
-            "x.items[1].size must be int, got '2' (str)",
+            "x.items[1].size must be int, got '2' (str); write it without quotes",
         ),
         ({"name": "n", "tags": "solo"}, "x.tags must be list of str, got 'solo' (str)"),
         ({}, "missing required key x.name (str)"),

@@ -4,18 +4,42 @@ Each prompt ``i`` gets ``--num-images`` images with seeds ``seed, seed + 1, ...`
 for every prompt), written as ``OUT/{i:04d}-{seed}.png`` (or to ``OUT`` itself when it ends in
 ``.png`` and one image is made) with the prompt, seed and settings in the PNG text chunks.
 Arguments are checked before any model is loaded; heavy imports happen only in :func:`run`.
+The request is then validated against the folder's config files (sampler, sizes), and a size the
+model was not made for or whose images cannot fit in memory is refused (``--force`` skips that),
+all before any weights are read.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from sanakit.config import check_output_folder
 from sanakit.errors import SanakitError
+
+if TYPE_CHECKING:
+    from sanakit.pipeline import PipelineSpec, Plan
 
 DOWNSAMPLE = 32  # DC-AE: image sides must be multiples of 32 without resolution binning
 DTYPES = ("bf16", "fp32")
+# The flag of each TextToImage argument, so errors speak the command line's words.
+FLAGS = {
+    "negative_prompt": "--negative-prompt",
+    "guidance_scale": "--guidance",
+    "steps": "--steps",
+    "sampler": "--sampler",
+    "flow_shift": "--flow-shift",
+    "height": "--height",
+    "width": "--width",
+}
+# Without --force, a sampled area above this multiple of the model's largest aspect bucket (twice
+# its side) is refused: the model never saw such sizes.
+MAX_AREA_FACTOR = 4
+# Resolution binning that samples more than this multiple of the requested area gets a note.
+BINNING_NOTE_FACTOR = 4
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -77,6 +101,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="sample at exactly --height x --width (multiples of 32) instead of the nearest "
         "aspect bucket followed by a resize",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help=f"skip the size checks: sample above {MAX_AREA_FACTOR}x the area of the model's "
+        "largest bucket, or when the estimated memory exceeds what the device has free",
+    )
     parser.set_defaults(func=run)
 
 
@@ -123,14 +153,102 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def output_paths(out: Path, count: int, prompts: int, seeds: list[int]) -> list[Path]:
-    """``out/{i:04d}-{seed}.png`` per (prompt i, seed), or ``out`` for a single ``.png``."""
-    if out.suffix.lower() == ".png":
+    """``out/{i:04d}-{seed}.png`` per (prompt i, seed), or ``out`` for a single ``.png`` (that
+    is not an existing folder). Refuses an ``out`` that cannot be written before any work."""
+    if out.suffix.lower() == ".png" and not out.is_dir():
         if count != 1:
             raise SanakitError(
                 f"--out {out} names one file but {count} images will be made; pass a folder"
             )
+        if not out.exists():  # an existing .png file is overwritten
+            check_output_folder(out, "--out")  # its folder must be creatable
         return [out]
+    if out.exists() and not out.is_dir():
+        raise SanakitError(
+            f"--out {out} is an existing file; pass a folder, or a .png file name for one image"
+        )
+    check_output_folder(out, "--out")
     return [out / f"{i:04d}-{seed}.png" for i in range(prompts) for seed in seeds]
+
+
+def _size_words(plan: Plan) -> str:
+    return f"--height {plan.size[0]} --width {plan.size[1]}"
+
+
+def check_size(plan: Plan, spec: PipelineSpec) -> None:
+    """Refuses a sampled area above ``MAX_AREA_FACTOR`` x the model's largest bucket (only
+    reachable with ``--no-resolution-binning``: binning always samples at a bucket)."""
+    from sanakit.data.buckets import bucket_table
+
+    # the largest area; among equal areas the squarest (1024x1024 rather than 512x2048)
+    largest = max(
+        bucket_table(spec.base_resolution).values(),
+        key=lambda hw: (hw[0] * hw[1], -abs(hw[0] - hw[1])),
+    )
+    (height, width), area = plan.sample_size, largest[0] * largest[1]
+    if height * width > MAX_AREA_FACTOR * area:
+        side = 2 * spec.base_resolution
+        raise SanakitError(
+            f"{_size_words(plan)}: {height * width / area:.1f}x the area of the model's largest "
+            f"bucket ({largest[0]}x{largest[1]}), far beyond the sizes it was trained on; use at "
+            f"most {MAX_AREA_FACTOR}x (e.g. {side}x{side}), drop --no-resolution-binning, or "
+            "pass --force"
+        )
+
+
+def available_memory(device: str) -> int | None:
+    """Free bytes on ``device``: CUDA's free memory, or the system's MemAvailable on the CPU
+    (None when unknown)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_memory(
+    plan: Plan, spec: PipelineSpec, images: int, element_size: int, device: str
+) -> None:
+    """Refuses a request whose estimated memory (:func:`sanakit.pipeline.estimate_memory`)
+    exceeds what ``device`` has free."""
+    from sanakit.pipeline import estimate_memory
+
+    free = available_memory(device)
+    need = estimate_memory(plan, spec, images, element_size)
+    if free is not None and need > free:
+        gib = 1024**3
+        raise SanakitError(
+            f"{_size_words(plan)} with --num-images {images}: about {need / gib:.1f} GiB needed "
+            f"(weights {spec.weight_bytes / gib:.1f} GiB, then sampling, decoding and resizing) "
+            f"but {device} has {free / gib:.1f} GiB free; use a smaller size or fewer images, "
+            "or pass --force"
+        )
+
+
+def binning_note(plan: Plan) -> str | None:
+    """One line when resolution binning samples far more pixels than requested (e.g. 64x96 at
+    the 832x1216 bucket), suggesting ``--no-resolution-binning``; None otherwise."""
+    (height, width), (sampled_h, sampled_w) = plan.size, plan.sample_size
+    ratio = sampled_h * sampled_w / (height * width)
+    if ratio <= BINNING_NOTE_FACTOR:
+        return None
+    exact_h, exact_w = (
+        max(DOWNSAMPLE, round(side / DOWNSAMPLE) * DOWNSAMPLE) for side in plan.size
+    )
+    how = "" if (exact_h, exact_w) == plan.size else f" --height {exact_h} --width {exact_w}"
+    return (
+        f"note: {height}x{width} is sampled at the model's {sampled_h}x{sampled_w} bucket "
+        f"({ratio:.3g}x the pixels) and resized down; pass --no-resolution-binning{how} to "
+        f"sample at {exact_h}x{exact_w} (faster, but the model was trained near "
+        f"{sampled_h}x{sampled_w})"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,20 +262,10 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from sanakit import __version__
-    from sanakit.pipeline import TextToImage
+    from sanakit.pipeline import PipelineSpec, TextToImage
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SanakitError(f"--device {device}: CUDA is not available; use --device cpu")
-    dtype_name = args.dtype or ("bf16" if device.startswith("cuda") else "fp32")
-    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
-    pipe = TextToImage.from_pretrained(args.model, dtype=dtype, device=device)
-    if args.lora:
-        from sanakit.train.adapters import load_adapter_into
-
-        for adapter in args.lora:
-            load_adapter_into(pipe.transformer, adapter, scale=args.lora_scale)
-    plan = pipe.resolve(
+    spec = PipelineSpec.read(args.model)  # config files only: no weights yet
+    plan = spec.resolve(
         negative_prompt=args.negative_prompt,
         height=args.height,
         width=args.width,
@@ -166,7 +274,25 @@ def run(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         flow_shift=args.flow_shift,
         use_resolution_binning=args.resolution_binning,
+        names=FLAGS,
     )
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SanakitError(f"--device {device}: CUDA is not available; use --device cpu")
+    dtype_name = args.dtype or ("bf16" if device.startswith("cuda") else "fp32")
+    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+    if not args.force:
+        check_size(plan, spec)
+        check_memory(plan, spec, args.num_images, 2 if dtype_name == "bf16" else 4, device)
+    note = binning_note(plan) if args.resolution_binning else None
+    if note:
+        print(f"sanakit: {note}", file=sys.stderr)
+    pipe = TextToImage.from_pretrained(args.model, dtype=dtype, device=device)
+    if args.lora:
+        from sanakit.train.adapters import load_adapter_into
+
+        for adapter in args.lora:
+            load_adapter_into(pipe.transformer, adapter, scale=args.lora_scale)
     settings = {
         "negative_prompt": args.negative_prompt,
         "steps": plan.steps,

@@ -6,6 +6,10 @@ is complete the trainer must not load them, but it must still be sure the cache 
 the same encoders. ``EncoderMemo`` records, in the cache folder, the cache fingerprints last
 computed for a *source key* (folders, weight-file sizes and mtimes, dtype, instruction, max
 length); when the key is unchanged the recorded fingerprints stand in for loading the models.
+
+``check_model_sources`` validates the ``[model]`` folders from their files alone (exists, is a
+folder, is the right kind of folder) and runs before any part is loaded or any folder is
+fingerprinted, so a wrong path is one line naming the key, not a loader's traceback.
 """
 
 from __future__ import annotations
@@ -27,6 +31,92 @@ from sanakit.train.config import RunConfig
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MEMO_NAME = "encoders.json"
+_PIPELINE_HINT = (
+    "pass a diffusers-format Sana pipeline folder (transformer/, vae/, text_encoder/, tokenizer/)"
+)
+
+
+def _folder_kind(folder: Path) -> str | None:
+    """What a model folder holds, from its config files: ``pipeline`` (model_index.json),
+    ``transformer``, ``vae``, ``text encoder`` (a transformers config.json), or None."""
+    if (folder / "model_index.json").is_file():
+        return "pipeline"
+    try:
+        raw = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    name = raw.get("_class_name")
+    if name == "SanaTransformer2DModel":
+        return "transformer"
+    if name == "AutoencoderDC":
+        return "vae"
+    if "model_type" in raw or "architectures" in raw:
+        return "text encoder"
+    return None
+
+
+def _existing_folder(key: str, value: str, what: str) -> Path:
+    folder = Path(value).expanduser()
+    if not folder.exists():
+        raise SanakitError(f"{key} {value} does not exist; {what}")
+    if not folder.is_dir():
+        raise SanakitError(f"{key} {value} is a file, not a folder; {what}")
+    return folder
+
+
+def check_model_sources(config: RunConfig) -> None:
+    """One-line errors naming the ``[model]`` key whose folder is missing, a file, the wrong
+    kind of folder (a transformer folder given as ``model.base``) or lacks a part the run uses.
+    Reads only directory listings and config.json files."""
+    m = config.model
+    if m.base:
+        base = _existing_folder("model.base", m.base, _PIPELINE_HINT)
+        kind = _folder_kind(base)
+        if kind in ("transformer", "vae", "text encoder"):
+            parent = base.parent if _folder_kind(base.parent) == "pipeline" else None
+            fix = f"pass the pipeline folder ({parent})" if parent else "pass the pipeline folder"
+            if kind == "transformer":
+                fix += (
+                    ", or replace model.base by model.transformer, model.vae and model.text_encoder"
+                )
+            raise SanakitError(f"model.base {m.base} is a {kind} folder; {fix}")
+        if not (base / "transformer").is_dir():
+            inside = sorted(p for p in base.iterdir() if _folder_kind(p) == "pipeline")
+            hint = f"did you mean {inside[0]}?" if inside else _PIPELINE_HINT
+            raise SanakitError(f"model.base {m.base} has no transformer/ subfolder; {hint}")
+        needed: dict[str, str] = {}
+        if m.autoencoder == "dc-ae" and not m.vae:
+            needed["vae"] = "model.vae"
+        if not m.text_encoder:
+            needed["text_encoder"] = needed["tokenizer"] = "model.text_encoder"
+        missing = [part for part in needed if not (base / part).is_dir()]
+        if missing:
+            names = ", ".join(f"{part}/" for part in missing)
+            keys = " / ".join(dict.fromkeys(needed[part] for part in missing))
+            raise SanakitError(
+                f"model.base {m.base} has no {names}; copy it from the model's diffusers "
+                f"pipeline folder or set {keys}"
+            )
+    wrong_kinds = {
+        "transformer": ("vae", "text encoder"),
+        "vae": ("transformer", "text encoder"),
+        "text_encoder": ("transformer", "vae"),
+    }
+    hints = {
+        "transformer": "pass a transformer folder (config.json + safetensors) or a pipeline folder",
+        "vae": "pass a DC-AE folder (a pipeline's vae/) or use model.base",
+        "text_encoder": "pass a folder with a language model and its tokenizer, or a pipeline folder",
+    }
+    for name, bad in wrong_kinds.items():
+        value = getattr(m, name)
+        if not value:
+            continue
+        folder = _existing_folder(f"model.{name}", value, hints[name])
+        kind = _folder_kind(folder)
+        if kind in bad:
+            raise SanakitError(f"model.{name} {value} is a {kind} folder; {hints[name]}")
 
 
 def transformer_source(config: RunConfig) -> str | None:
@@ -39,6 +129,7 @@ def build_transformer(
 ) -> SanaTransformer:
     """The model to train in fp32 (master weights), with gradient checkpointing as configured."""
     m, t = config.model, config.train
+    check_model_sources(config)
     overrides: dict[str, Any] = {
         "gradient_checkpointing": t.gradient_checkpointing,
         "gradient_checkpointing_interval": t.gradient_checkpointing_interval,
@@ -73,6 +164,7 @@ def build_transformer(
 
 
 def load_text_encoder(config: RunConfig, device: str | torch.device = "cpu") -> TextEncoder:
+    check_model_sources(config)
     m = config.model
     instruction = (m.instruction or DEFAULT_INSTRUCTION) if m.use_instruction else None
     return TextEncoder.from_pretrained(
@@ -85,6 +177,7 @@ def load_text_encoder(config: RunConfig, device: str | torch.device = "cpu") -> 
 
 
 def load_frozen_autoencoder(config: RunConfig, device: str | torch.device = "cpu") -> Autoencoder:
+    check_model_sources(config)
     m = config.model
     if m.autoencoder == "pixel-shuffle":
         return load_autoencoder("pixel-shuffle", factor=m.pixel_shuffle_factor, device=device)
@@ -105,7 +198,9 @@ def _files_key(folder: str | None) -> list[Any]:
 
 
 def encoder_source_key(config: RunConfig) -> str:
-    """A cheap identity of the frozen encoders (no weights read)."""
+    """A cheap identity of the frozen encoders (no weights read); checks the model folders
+    first, since a missing folder would only give an empty identity."""
+    check_model_sources(config)
     m, d = config.model, config.data
     parts = {
         "autoencoder": m.autoencoder,

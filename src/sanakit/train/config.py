@@ -16,6 +16,7 @@ from sanakit.config import (
     ConfigValueError,
     DataConfig,
     apply_overrides,
+    check_output_folder,
     from_dict,
     load_config_file,
     to_dict,
@@ -186,8 +187,9 @@ class TrainSection:
                 raise ConfigValueError(self, key, "must be >= 1")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigValueError(self, "lr", f"must be > 0, got {self.lr}")
-        if self.batch_size < 1 or self.gradient_accumulation < 1:
-            raise ConfigValueError(self, "batch_size", "and gradient_accumulation must be >= 1")
+        for key in ("batch_size", "gradient_accumulation"):
+            if getattr(self, key) < 1:
+                raise ConfigValueError(self, key, f"must be >= 1, got {getattr(self, key)}")
         if self.gradient_checkpointing_interval < 1:
             raise ConfigValueError(self, "gradient_checkpointing_interval", "must be >= 1")
         if self.gradient_checkpointing_interval != 1 and not self.gradient_checkpointing:
@@ -208,9 +210,17 @@ class TrainSection:
                 "warmup_steps",
                 "does nothing with lr_scheduler = 'constant'; use 'constant_with_warmup'",
             )
-        if self.max_consecutive_nonfinite < 1 or self.max_nonfinite_recoveries < 0:
+        if self.max_consecutive_nonfinite < 1:
             raise ConfigValueError(
-                self, "max_consecutive_nonfinite", "must be >= 1 (recoveries >= 0)"
+                self,
+                "max_consecutive_nonfinite",
+                f"must be >= 1, got {self.max_consecutive_nonfinite}",
+            )
+        if self.max_nonfinite_recoveries < 0:
+            raise ConfigValueError(
+                self,
+                "max_nonfinite_recoveries",
+                f"must be >= 0, got {self.max_nonfinite_recoveries}",
             )
 
     def adapter_spec(self):
@@ -272,8 +282,10 @@ class ValidationSection:
     def __post_init__(self) -> None:
         for res in self.resolutions:
             parse_resolution(res)
-        if self.every_steps < 0 or self.steps < 1:
-            raise ConfigValueError(self, "every_steps", "must be >= 0 (steps >= 1)")
+        if self.every_steps < 0:
+            raise ConfigValueError(self, "every_steps", f"must be >= 0, got {self.every_steps}")
+        if self.steps < 1:
+            raise ConfigValueError(self, "steps", f"must be >= 1, got {self.steps}")
         if not all(0.0 < s <= 1.0 for s in self.eval_sigmas):
             raise ConfigValueError(self, "eval_sigmas", "must lie in (0, 1]")
 
@@ -296,8 +308,9 @@ class OutputSection:
     export_dtype: Literal["bf16", "fp32"] = "bf16"
 
     def __post_init__(self) -> None:
-        if self.checkpoint_every < 1 or self.keep_last < 1:
-            raise ConfigValueError(self, "checkpoint_every", "and keep_last must be >= 1")
+        for key in ("checkpoint_every", "keep_last"):
+            if getattr(self, key) < 1:
+                raise ConfigValueError(self, key, f"must be >= 1, got {getattr(self, key)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,7 +366,15 @@ def load_run_config(path: str | Path, overrides: tuple[str, ...] = ()) -> RunCon
 
 
 def run_config_from_dict(raw: dict[str, Any]) -> RunConfig:
-    return from_dict(RunConfig, raw)
+    """The validated :class:`RunConfig` of a plain dict. Besides the key/type/value checks, the
+    folders the run writes (``output.dir``, ``data.cache_dir``) must not be files, so such a
+    mistake stops the run before any model is loaded. Model folders are checked when the parts
+    are loaded (:func:`sanakit.train.components.check_model_sources`): a config may be written
+    before its model is downloaded."""
+    config = from_dict(RunConfig, raw)
+    check_output_folder(config.output.dir, "output.dir")
+    check_output_folder(config.data.cache_dir, "data.cache_dir")
+    return config
 
 
 def run_config_to_dict(config: RunConfig) -> dict[str, Any]:
