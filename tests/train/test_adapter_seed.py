@@ -82,6 +82,14 @@ def test_seed_is_checked_and_exported(base, tmp_path) -> None:
     assert AdapterSpec.from_dict(saved) == dataclasses.replace(spec, target_modules=spec.targets)
 
 
+def test_saving_the_same_adapter_gives_the_same_bytes(base, tmp_path) -> None:
+    """safetensors orders the metadata map at random; the export sorts it."""
+    handle = apply_adapter(copy.deepcopy(base), AdapterSpec(**SPECS["lora"]))
+    files = [handle.save(tmp_path / f"{i}.safetensors").read_bytes() for i in range(5)]
+    assert len(set(files)) == 1
+    assert b'"__metadata__":{"format":"pt","lora_adapter_metadata":' in files[0]
+
+
 class _Recording(Trainer):
     def on_step_end(self, stats: dict) -> None:
         self.losses = [*getattr(self, "losses", []), stats["loss"]]

@@ -315,6 +315,7 @@ class AdapterHandle:
             sidecar = {"format": "lycoris", "algo": "lokr", "weights": file.name}
             sidecar |= {"spec": self.spec.to_dict(), "modules": list(self.modules)}
             file.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+        _sort_metadata(tmp)
         os.replace(tmp, file)
         return file
 
@@ -335,6 +336,27 @@ class AdapterHandle:
             unhook_lokr(self.model, self._backend)
         self._merged = True
         return self.model
+
+
+def _sort_metadata(file: Path) -> None:
+    """Rewrite the safetensors header of ``file`` with its ``__metadata__`` keys sorted, in place.
+
+    safetensors writes the metadata map in a random order (a Rust HashMap), so the same adapter
+    saved twice differed in its header bytes; sorted, equal adapters give equal files. The
+    header keeps its length (padded with spaces, as safetensors pads), so the tensor data does
+    not move; a header that would grow is left as written.
+    """
+    with open(file, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        metadata = header.pop("__metadata__", None)
+        if not metadata or len(metadata) < 2:
+            return
+        ordered = {"__metadata__": dict(sorted(metadata.items())), **header}
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= size:
+            f.seek(8)
+            f.write(text.ljust(size, b" "))
 
 
 def apply_adapter(model: nn.Module, spec: AdapterSpec) -> AdapterHandle:
