@@ -24,6 +24,7 @@ from sanakit.train.config import (
     LokrSection,
     LoraSection,
     RunConfig,
+    absolute_paths,
     load_run_config,
     run_config_from_dict,
 )
@@ -276,6 +277,9 @@ def run_wizard(p: Prompter, output: Path, force: bool = False) -> RunConfig:
         validation["prompts"] = prompts
     raw = {"model": {"base": base}, "data": data, "train": train, "validation": validation}
     raw["output"] = {"dir": out_dir}
+    # the answers are relative to where `configure` runs; the TOML may be written elsewhere and
+    # its relative paths would be read against its own folder, so it holds absolute ones
+    raw = absolute_paths(raw, Path.cwd())
     config = run_config_from_dict(raw)
     if output.exists() and not force and not p.yes(f"{output} exists; overwrite it", False):
         raise SanakitError(f"configure: {output} exists; not overwritten")

@@ -86,16 +86,25 @@ def test_train_simpletuner_config_on_cpu_and_resume(root, capsys) -> None:
     assert main(["train", "config/config.json", "--log-level", "WARNING"]) == 0
     out = capsys.readouterr().out
     assert "flow_schedule_shift = 3.0" in out and "-> train.flow_shift" in out
-    resolved = json.loads(out.split("resolved config:\n", 1)[1].split("\ndone:", 1)[0])
-    assert resolved["train"]["flow_shift"] == 3.0 and resolved["train"]["lr"] == 1e-4
-    assert resolved["data"]["cache_dir"] == str(root / "cache" / "sanakit")
     assert "done: 2 steps" in out
     run = root / "output" / "tiny"
+    resolved = json.loads((run / "config.json").read_text())  # written there, not printed
+    assert resolved["train"]["flow_shift"] == 3.0 and resolved["train"]["lr"] == 1e-4
+    assert resolved["data"]["cache_dir"] == str(root / "cache" / "sanakit")
+    assert resolved["output"]["dir"] == str(run)
     assert list(run.glob("validation/**/*.png"))
     assert (root / "cache" / "sanakit").is_dir()
     # resume_from_checkpoint = latest: the second run continues from step 2
     more = ["--set", "train.max_steps=3", "--set", "validation.prompts=[]"]
     assert main(["train", "config/config.json", *more]) == 0
+    assert "done: 3 steps" in capsys.readouterr().out
+    # without resume_from_checkpoint, the same rule as a sanakit config: no silent overwrite
+    plain = {k: v for k, v in CONFIG.items() if k != "--resume_from_checkpoint"}
+    write_tree(root, plain, BACKENDS, library=None, lycoris=None)
+    assert main(["train", "config/config.json", *more]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{run} already holds a run (checkpoint step-00000003)" in err and "\n" not in err
+    assert main(["train", "config/config.json", *more, "--resume", "latest"]) == 0
     assert "done: 3 steps" in capsys.readouterr().out
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import os
+import shlex
+import sys
+from typing import TYPE_CHECKING
 
-from sanakit.config import to_dict
+if TYPE_CHECKING:
+    from sanakit.train.trainer import Trainer
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "train",
         help="fine-tune Sana (full, LoRA, LoKr) from a TOML/JSON config",
         description="Train from a sanakit TOML/JSON config (see docs/configuration.md). "
-        "Caches latents and text embeddings first when needed.",
+        "Caches latents and text embeddings first when needed. An output folder that already "
+        "holds a run is only continued with --resume; Ctrl-C saves a checkpoint and stops.",
     )
     p.add_argument("config", help="sanakit .toml/.json config, or a SimpleTuner config.json")
     p.add_argument(
@@ -23,14 +28,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a key, e.g. train.lr=2e-5 (repeatable)",
+        help="override a key, e.g. train.lr=2e-5 (repeatable; paths relative to the current "
+        "directory)",
     )
     p.add_argument(
         "--resume",
         metavar="latest|PATH",
         help="continue from the latest checkpoint or a checkpoint folder",
     )
-    p.add_argument("--output-dir", help="override output.dir")
+    p.add_argument("--output-dir", help="override output.dir (relative to the current directory)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument(
         "--allow-unsupported",
@@ -46,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from sanakit.train.trainer import Trainer
 
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    # typed on the command line: relative to the current directory (config paths are not)
+    output_dir = os.path.abspath(os.path.expanduser(args.output_dir)) if args.output_dir else None
     resume = args.resume
     if is_simpletuner_config(args.config):  # SimpleTuner's config.json: import, show the mapping
         imported = import_config(
@@ -53,12 +61,81 @@ def run(args: argparse.Namespace) -> int:
         )
         print(imported.summary())
         config = imported.config
-        resume = resume or imported.resume_for(args.output_dir or config.output.dir)
+        # SimpleTuner's resume_from_checkpoint asks to resume (when there is a checkpoint)
+        resume = resume or imported.resume_for(output_dir or config.output.dir)
     else:
         config = load_run_config(args.config, tuple(args.overrides))
-    print("resolved config:\n" + json.dumps(to_dict(config), indent=2))
-    trainer = Trainer(config, output_dir=args.output_dir, resume=resume)
-    final = trainer.fit()
+    trainer = Trainer(config, output_dir=output_dir, resume=resume)
+    main = trainer.accelerator.is_main_process  # one summary under `accelerate launch`
+    if main:
+        print(summary(trainer, args.config))
+    try:
+        final = trainer.fit()
+    except KeyboardInterrupt as stop:
+        if main:
+            print(interrupted_message(trainer, stop, resume_command(args)), file=sys.stderr)
+        raise
     if final is not None:
         print(f"done: {trainer.step} steps; final weights in {final}")
     return 0
+
+
+def summary(trainer: Trainer, source: str) -> str:
+    """A few lines on what the run does; the whole resolved config goes to OUTPUT/config.json."""
+    cfg, t = trainer.config, trainer.config.train
+    m = cfg.model
+    if m.base:
+        model = f"base {m.base}"
+    elif m.transformer:
+        model = f"transformer {m.transformer}"
+    else:
+        model = f"preset {m.preset} (random init)"
+    trainable = sum(p.numel() for p in trainer.params)
+    method = t.method
+    if trainer.adapter is not None:
+        spec = t.adapter_spec()
+        method += f" rank {spec.rank}" + (f" factor {spec.factor}" if t.method == "lokr" else "")
+    plans = trainer.loader.planner.datasets
+    data = ", ".join(f"{d.id} ({sum(len(i) for i in d.buckets.values())} images)" for d in plans)
+    procs = f"{trainer.world} process" + ("es" if trainer.world > 1 else "")
+    batch = f"batch {t.batch_size} x {t.gradient_accumulation} accumulation x {procs}"
+    ema = f", EMA {t.ema.decay:g}" if t.ema else ""
+    start = f"from step {trainer.step} " if trainer.step else ""
+    logs = cfg.output.log_with
+    if logs == "tensorboard":
+        logs = f"tensorboard --logdir {trainer.out / 'logs'}"
+    lines = [
+        f"sanakit train {source}",
+        f"  model   {model}; {trainable / 1e6:.2f}M trainable parameters",
+        f"  data    {data}; cache {cfg.data.cache_dir}",
+        f"  method  {method}, {t.optimizer} lr {t.learning_rate:g} ({t.lr_scheduler}), {batch}, "
+        f"mixed precision {trainer.accelerator.mixed_precision}{ema}",
+        f"  steps   {start}to {trainer.max_steps} ({trainer.steps_per_epoch} per epoch)",
+        f"  output  {trainer.out} (resolved config: config.json); logs: {logs}",
+    ]
+    return "\n".join(lines)
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The command that continues this run (same config, overrides and output folder)."""
+    cmd = ["sanakit", "train", args.config]
+    for override in args.overrides:
+        cmd += ["--set", override]
+    if args.output_dir:
+        cmd += ["--output-dir", args.output_dir]
+    if args.allow_unsupported:
+        cmd.append("--allow-unsupported")
+    return shlex.join([*cmd, "--resume", "latest"])
+
+
+def interrupted_message(trainer: Trainer, stop: KeyboardInterrupt, command: str) -> str:
+    """What a Ctrl-C left behind and how to continue."""
+    from sanakit.train.interrupt import TrainingInterrupted
+
+    if isinstance(stop, TrainingInterrupted):
+        done = f"stopped at step {stop.step}; saved {stop.checkpoint}"
+    elif (latest := trainer.checkpointer.latest()) is not None:  # a second Ctrl-C: at once
+        done = f"stopped at once; the last checkpoint is {latest}"
+    else:
+        return "sanakit train: stopped before the first checkpoint; nothing to resume"
+    return f"sanakit train: {done}; continue with: {command}"

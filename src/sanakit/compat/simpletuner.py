@@ -27,7 +27,12 @@ from sanakit.compat.st_trainer import TrainerKeys
 from sanakit.compat.toml_out import dumps, paths_of
 from sanakit.config import apply_overrides, load_config_file
 from sanakit.errors import SanakitError
-from sanakit.train.config import RunConfig, run_config_from_dict, run_config_to_dict
+from sanakit.train.config import (
+    RunConfig,
+    run_config_from_dict,
+    run_config_to_dict,
+    with_absolute_paths,
+)
 
 __all__ = ["ImportResult", "MappingEntry", "import_config", "is_simpletuner_config"]
 
@@ -190,7 +195,9 @@ def import_config(
     if overrides:
         tables = apply_overrides(tables, list(overrides))
     try:
-        config = run_config_from_dict(tables)
+        # the paths left relative (defaults such as output.dir, --set values) are relative to
+        # the current directory, SimpleTuner's root; the imported config holds absolute ones
+        config = with_absolute_paths(run_config_from_dict(tables), Path.cwd())
         config.validation.prompt_items()  # reads the prompt library now
     except SanakitError as err:
         raise SanakitError(

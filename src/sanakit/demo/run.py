@@ -22,9 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -169,41 +167,14 @@ def prepare(settings: DemoSettings) -> RunConfig:
     return load_run_config(out / "config.toml")
 
 
-class _StopRequest:
-    """SIGINT handler for the training loop: the first Ctrl-C asks for a clean stop after the
-    current step, the second raises KeyboardInterrupt at once. Only in the main thread."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(
-            "\nsanakit demo: stopping after this step to save a checkpoint (Ctrl-C again to quit now)",
-            file=sys.stderr,
-        )
-
-    def __enter__(self) -> _StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
 class DemoTrainer(Trainer):
-    """The trainer plus four things in :meth:`on_step_end`: the per-step loss is appended to
+    """The trainer plus three things in :meth:`on_step_end`: the per-step loss is appended to
     ``loss.jsonl`` (``{"step", "loss", "seconds"}``, seconds = training time over all
     invocations); after ``PACE_WARMUP + PACE_STEPS`` steps the measured pace and the expected total are
-    printed (with one line saying why when the machine is far slower than expected); training
-    stops early when the next step and the sampling that follows would not end before
-    ``deadline`` (a ``time.perf_counter`` value; None: no limit); and a requested stop saves a
-    checkpoint and raises KeyboardInterrupt."""
+    printed (with one line saying why when the machine is far slower than expected); and
+    training stops early when the next step and the sampling that follows would not end before
+    ``deadline`` (a ``time.perf_counter`` value; None: no limit). Ctrl-C is the Trainer's
+    (:mod:`sanakit.train.interrupt`): a checkpoint of the current step, then KeyboardInterrupt."""
 
     def __init__(
         self,
@@ -211,13 +182,11 @@ class DemoTrainer(Trainer):
         *,
         resume: str | None,
         loss_log: Path,
-        stop: _StopRequest,
         deadline: float | None,
         settings: DemoSettings,
     ) -> None:
         super().__init__(config, resume=resume)
         self.loss_log = loss_log
-        self.stop = stop
         self.deadline = deadline
         self.settings = settings
         self.sampling_seconds = 0.0  # estimated with the pace report
@@ -255,9 +224,6 @@ class DemoTrainer(Trainer):
                     file=sys.stderr,
                 )
                 self.max_steps = self.step  # fit() saves the checkpoint for step == max_steps
-        if self.stop.requested:
-            self.save_checkpoint()
-            raise KeyboardInterrupt
 
     def report_pace(self, pace: Pace) -> None:
         """Prints the measured pace and the expected time to the end (and, when the machine is
@@ -413,24 +379,22 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     latest = Checkpointer(out).latest()
     if latest is not None:
         print(f"sanakit demo: resuming from {latest}")
-    with _StopRequest() as stop:
-        trainer = DemoTrainer(
-            config,
-            resume=str(latest) if latest else None,
-            loss_log=out / "loss.jsonl",
-            stop=stop,
-            deadline=deadline,
-            settings=settings,
+    trainer = DemoTrainer(
+        config,
+        resume=str(latest) if latest else None,
+        loss_log=out / "loss.jsonl",
+        deadline=deadline,
+        settings=settings,
+    )
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        print(
+            f"sanakit demo: interrupted at step {trainer.step}; run the same command again "
+            "to resume from the last checkpoint",
+            file=sys.stderr,
         )
-        try:
-            trainer.fit()
-        except KeyboardInterrupt:
-            print(
-                f"sanakit demo: interrupted at step {trainer.step}; run the same command again "
-                "to resume from the last checkpoint",
-                file=sys.stderr,
-            )
-            raise
+        raise
     history = trainer.history
     train_seconds = history[-1]["seconds"] if history else 0.0
     loss_plot(

@@ -23,6 +23,10 @@ LATEST = "latest"
 Writer = Callable[[Path], None]
 
 
+class RunExistsError(SanakitError):
+    """The output folder already holds a run and neither resuming nor a new folder was asked."""
+
+
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -116,6 +120,17 @@ class Checkpointer:
                 return candidate
         done = self.complete_checkpoints()
         return done[-1] if done else None
+
+    def refuse_existing_run(self) -> None:
+        """Raise :class:`RunExistsError` when a complete checkpoint exists: a run started without
+        ``--resume`` would silently overwrite it."""
+        found = self.latest()
+        if found is not None:
+            out = self.root.parent
+            raise RunExistsError(
+                f"{out} already holds a run (checkpoint {found.name}); continue it with "
+                f"--resume latest, or start a new run with --output-dir NEW_FOLDER (or delete {out})"
+            )
 
     def resolve(self, spec: str) -> Path:
         """``latest`` or a checkpoint folder path -> a complete checkpoint folder."""

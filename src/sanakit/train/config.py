@@ -3,12 +3,19 @@
 
 Every option here changes what a run does; combinations that would make an option do nothing
 (LoKr settings with ``method = "full"``, ``flow_shift`` with ``auto_shift``) are rejected.
+
+Paths (:data:`PATH_KEYS`): :func:`load_run_config` makes every one absolute. A relative path in
+the config, written or the default of a key left out (``output.dir = "output"``,
+``data.cache_dir = "cache"``), is relative to the file's folder, so a config means the same
+from any directory; a ``--set`` value is typed on the command line: relative to the current one.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -361,8 +368,12 @@ def load_prompt_library(path: str) -> list[tuple[str, str]]:
 
 def load_run_config(path: str | Path, overrides: tuple[str, ...] = ()) -> RunConfig:
     """Read a TOML/JSON config file, apply ``--set`` overrides and validate it strictly."""
-    raw = apply_overrides(load_config_file(path), list(overrides))
-    return run_config_from_dict(raw)
+    folder = os.path.dirname(os.path.abspath(path))
+    raw = absolute_paths(load_config_file(path), folder)
+    # the paths still relative after the overrides are --set values: the current directory's
+    raw = absolute_paths(apply_overrides(raw, list(overrides)), os.getcwd())
+    # and the defaults of keys left out belong to the file's folder too
+    return run_config_from_dict(absolute_paths(to_dict(from_dict(RunConfig, raw)), folder))
 
 
 def run_config_from_dict(raw: dict[str, Any]) -> RunConfig:
@@ -379,3 +390,45 @@ def run_config_from_dict(raw: dict[str, Any]) -> RunConfig:
 
 def run_config_to_dict(config: RunConfig) -> dict[str, Any]:
     return to_dict(config)
+
+
+# The keys that hold a file or folder path ("[]": every item of the list).
+PATH_KEYS: tuple[str, ...] = (
+    "model.base",
+    "model.transformer",
+    "model.vae",
+    "model.text_encoder",
+    "data.cache_dir",
+    "data.datasets[].path",
+    "validation.prompt_library",
+    "output.dir",
+)
+
+
+def _join(base: str | Path, value: str) -> str:
+    path = os.path.expanduser(value)
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(base, path))
+
+
+def absolute_paths(raw: dict[str, Any], base: str | Path) -> dict[str, Any]:
+    """A copy of the config dict ``raw`` whose relative paths (:data:`PATH_KEYS`, ``~``
+    expanded) are joined to the folder ``base``. Absolute paths, absent keys, empty strings and
+    values of the wrong type (the strict loader reports those) are left as they are."""
+    out = copy.deepcopy(raw)
+    for key in PATH_KEYS:
+        *parents, name = key.split(".")
+        tables: list[Any] = [out]
+        for part in parents:
+            step = part.removesuffix("[]")
+            tables = [t.get(step) for t in tables if isinstance(t, dict)]
+            if part.endswith("[]"):
+                tables = [item for t in tables if isinstance(t, list) for item in t]
+        for table in tables:
+            if isinstance(table, dict) and isinstance(table.get(name), str) and table[name]:
+                table[name] = _join(base, table[name])
+    return out
+
+
+def with_absolute_paths(config: RunConfig, base: str | Path) -> RunConfig:
+    """``config`` with every relative path, including defaults, joined to the folder ``base``."""
+    return run_config_from_dict(absolute_paths(to_dict(config), base))

@@ -11,11 +11,15 @@ Guarantees:
   diagnosis after ``max_nonfinite_recoveries`` reloads;
 - checkpoints are atomic (see :mod:`sanakit.train.checkpoint`) and hold everything needed for a
   bit-identical continuation (weights or adapter, EMA, optimizer, LR schedule, loader position,
-  RNG states, counters, the resolved config).
+  RNG states, counters, the resolved config);
+- a run is never overwritten (an output folder with a checkpoint needs ``resume``), and every
+  ``fit()`` logs into its own folder ``OUTPUT/logs/<start time>[-from-step-N]``;
+- the first Ctrl-C checkpoints the current step and stops (:mod:`sanakit.train.interrupt`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -32,10 +36,11 @@ from sanakit.config import to_dict
 from sanakit.data import build_cache, make_loader, open_cache
 from sanakit.errors import SanakitError
 from sanakit.train import components
-from sanakit.train.checkpoint import Checkpointer
+from sanakit.train.checkpoint import Checkpointer, step_name
 from sanakit.train.config import RunConfig
 from sanakit.train.ema import EMA
 from sanakit.train.export import export_final
+from sanakit.train.interrupt import StopRequest, TrainingInterrupted
 from sanakit.train.objective import eval_loss, flow_matching_step, step_generator
 from sanakit.train.optim import build_optimizer, build_scheduler
 from sanakit.train.state import read_checkpoint, write_checkpoint
@@ -51,15 +56,28 @@ class NonFiniteLossError(SanakitError):
 
 
 class Trainer:
-    """Build with a validated :class:`RunConfig`; ``fit()`` trains to ``max_steps``."""
+    """Build with a validated :class:`RunConfig`; ``fit()`` trains to ``max_steps``.
+
+    ``output_dir`` replaces ``output.dir`` (also in the ``config.json`` written to the folder);
+    ``resume`` is ``"latest"`` or a checkpoint folder. Without ``resume``, an output folder that
+    already holds a checkpoint raises :class:`~sanakit.train.checkpoint.RunExistsError`.
+    """
 
     def __init__(
         self, config: RunConfig, *, output_dir: str | None = None, resume: str | None = None
     ) -> None:
         from accelerate import Accelerator
 
+        if output_dir:
+            config = dataclasses.replace(
+                config, output=dataclasses.replace(config.output, dir=str(output_dir))
+            )
         self.config = config
-        self.out = Path(output_dir or config.output.dir)
+        self.out = Path(config.output.dir)
+        self.checkpointer = Checkpointer(self.out, keep_last=config.output.keep_last)
+        if not resume:
+            self.checkpointer.refuse_existing_run()  # before the (possibly long) cache build
+        self.log_dir: Path | None = None  # this fit()'s TensorBoard folder
         t = config.train
         if t.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise SanakitError(
@@ -82,7 +100,6 @@ class Trainer:
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
         self.autocast_dtype = AUTOCAST[t.mixed_precision]
-        self.checkpointer = Checkpointer(self.out, keep_last=config.output.keep_last)
         self.step = 0
         self.lr_scale = 1.0
         self.nonfinite_total = 0
@@ -281,11 +298,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> Path | None:
+        """Train to ``max_steps``, validate and export; returns the final weights' folder (main
+        process). Ctrl-C: :class:`~sanakit.train.interrupt.TrainingInterrupted` after a checkpoint."""
         cfg = self.config
+        log_dir = None
         if self.accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-            self.accelerator.init_trackers("sanakit", config=_flat(to_dict(cfg.train)))
+            log_dir = self._start_trackers()
+        self.log_dir = log_dir
         bar = tqdm(
             total=self.max_steps,
             initial=self.step,
@@ -293,6 +314,16 @@ class Trainer:
             disable=not self.accelerator.is_main_process,
             dynamic_ncols=True,
         )
+        with StopRequest() as stop, bar:
+            self._train_loop(bar, stop)
+        self.validate()
+        final = export_final(self) if self.accelerator.is_main_process else None
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        return final
+
+    def _train_loop(self, bar: tqdm, stop: StopRequest) -> None:
+        cfg = self.config
         start = time.perf_counter()
         seen = 0
         while self.step < self.max_steps:
@@ -303,6 +334,7 @@ class Trainer:
                 if self.nonfinite_streak >= cfg.train.max_consecutive_nonfinite:
                     self._recover()
                     bar.n = self.step
+                self._stop_if_requested(stop)
                 continue
             rate = seen / max(1e-9, time.perf_counter() - start)
             lr = self.optimizer.param_groups[0]["lr"]
@@ -323,17 +355,43 @@ class Trainer:
                 step=self.step,
             )
             self.on_step_end(stats)
+            self._stop_if_requested(stop)
             if self.step % cfg.output.checkpoint_every == 0 or self.step == self.max_steps:
                 self.save_checkpoint()
             every = cfg.validation.every_steps
             if every and self.step % every == 0 and self.step != self.max_steps:
                 self.validate()
-        bar.close()
-        self.validate()
-        final = export_final(self) if self.accelerator.is_main_process else None
-        self.accelerator.wait_for_everyone()
-        self.accelerator.end_training()
-        return final
+
+    def _stop_if_requested(self, stop: StopRequest) -> None:
+        """After each step: if Ctrl-C was pressed (on any process), save this step and raise."""
+        requested = stop.requested
+        if self.world > 1:  # every process must stop at the same step: checkpointing is collective
+            flag = torch.tensor([float(requested)], device=self.device)
+            requested = float(self.accelerator.reduce(flag, reduction="sum")) > 0
+        if not requested:
+            return
+        latest = self.checkpointer.latest()
+        if latest is None or latest.name != step_name(self.step):
+            latest = self.save_checkpoint()
+        for tracker in self.accelerator.trackers:
+            tracker.finish()  # flush this run's logs; the process is about to exit
+        raise TrainingInterrupted(self.step, latest)
+
+    def _start_trackers(self) -> Path | None:
+        """Start TensorBoard/wandb for this ``fit()``; returns its TensorBoard folder."""
+        if self.config.output.log_with == "none":
+            return None
+        folder = _new_log_dir(self.out / "logs", self.step)
+        self.accelerator.trackers = []  # a fit() after a Ctrl-C must not reopen the old folder
+        # accelerate names the TensorBoard folder after the "project"; wandb keeps one project
+        # and gets the folder's name as the run name
+        wandb = self.config.output.log_with == "wandb"
+        self.accelerator.init_trackers(
+            "sanakit" if wandb else folder.name,
+            config=_flat(to_dict(self.config.train)),
+            init_kwargs={"wandb": {"name": folder.name}},
+        )
+        return None if wandb else folder
 
     def on_step_end(self, stats: dict[str, Any]) -> None:
         """Hook for subclasses and tests (called after every finite optimizer step)."""
@@ -402,6 +460,17 @@ class Trainer:
     def load_checkpoint(self, folder: Path) -> None:
         read_checkpoint(self, folder)
         log.info("resumed from %s (step %d)", folder, self.step)
+
+
+def _new_log_dir(root: Path, step: int) -> Path:
+    """A log folder no earlier ``fit()`` into ``root`` used: the start time, plus the step a
+    resumed run starts from (TensorBoard shows every folder as its own run)."""
+    name = time.strftime("%Y%m%d-%H%M%S") + (f"-from-step-{step}" if step else "")
+    folder, n = root / name, 1
+    while folder.exists():  # two runs started within one second
+        n += 1
+        folder = root / f"{name}-{n}"
+    return folder
 
 
 def _with_disabled(data, ids: set[str]):
