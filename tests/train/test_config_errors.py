@@ -199,3 +199,13 @@ def test_train_checks_model_base_before_loading_anything(
     code = main(["train", str(config_file(base))])
     _one_line_error(code, capsys.readouterr().err, f"model.base {base} is a transformer folder")
     assert not (tmp_path / "cache").exists()
+
+
+def test_output_dir_flag_that_is_a_file_stops_before_any_model(
+    config_file, tmp_path, capsys, no_models, tiny_pipeline_dir
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep me")
+    code = main(["train", str(config_file(tiny_pipeline_dir)), "--output-dir", str(a_file)])
+    _one_line_error(code, capsys.readouterr().err, f"--output-dir {a_file} is a file, not a folder")
+    assert a_file.read_text() == "keep me"

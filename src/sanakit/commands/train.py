@@ -48,12 +48,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sanakit.compat.simpletuner import import_config, is_simpletuner_config
+    from sanakit.config import check_output_folder
     from sanakit.train.config import load_run_config
     from sanakit.train.trainer import Trainer
 
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     # typed on the command line: relative to the current directory (config paths are not)
     output_dir = os.path.abspath(os.path.expanduser(args.output_dir)) if args.output_dir else None
+    if output_dir:
+        check_output_folder(output_dir, "--output-dir")
     resume = args.resume
     if is_simpletuner_config(args.config):  # SimpleTuner's config.json: import, show the mapping
         imported = import_config(

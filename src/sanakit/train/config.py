@@ -30,7 +30,7 @@ from sanakit.config import (
 )
 from sanakit.errors import SanakitError
 
-Precision = Literal["bf16", "fp16", "no"]
+Precision = Literal["auto", "bf16", "fp16", "no"]  # auto: see sanakit.hardware
 DType = Literal["bf16", "fp16", "fp32"]
 
 # Sana-1600M's fine-tuning defaults (NVlabs configs, SimpleTuner quickstart): 1e-5 for full
@@ -161,7 +161,7 @@ class TrainSection:
     max_steps: int | None = None
     epochs: int | None = None
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
-    mixed_precision: Precision = "bf16"
+    mixed_precision: Precision = "auto"  # GPU: bf16; CPU: bf16 only with native bf16, else no
     gradient_checkpointing: bool = False
     gradient_checkpointing_interval: int = 1
     timestep_sampling: Literal["logit_normal", "uniform", "mode"] = "logit_normal"
@@ -367,7 +367,8 @@ def load_prompt_library(path: str) -> list[tuple[str, str]]:
 
 
 def load_run_config(path: str | Path, overrides: tuple[str, ...] = ()) -> RunConfig:
-    """Read a TOML/JSON config file, apply ``--set`` overrides and validate it strictly."""
+    """Read a TOML/JSON config file, apply ``--set`` overrides and validate it strictly
+    (:func:`run_config_from_dict`)."""
     folder = os.path.dirname(os.path.abspath(path))
     raw = absolute_paths(load_config_file(path), folder)
     # the paths still relative after the overrides are --set values: the current directory's

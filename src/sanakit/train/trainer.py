@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from sanakit.config import to_dict
 from sanakit.data import build_cache, make_loader, open_cache
 from sanakit.errors import SanakitError
+from sanakit.hardware import resolve_mixed_precision
 from sanakit.train import components
 from sanakit.train.checkpoint import Checkpointer, step_name
 from sanakit.train.config import RunConfig
@@ -81,8 +82,14 @@ class Trainer:
         t = config.train
         if t.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise SanakitError(
-                "train.mixed_precision = 'fp16' needs a GPU; use 'bf16' or 'no' on the CPU"
+                "train.mixed_precision = 'fp16' needs a GPU; use 'auto', 'bf16' or 'no' on the CPU"
             )
+        # "auto": bf16 on a GPU, and on the CPU only where it has bf16 instructions
+        self.precision = resolve_mixed_precision(
+            t.mixed_precision,
+            "cuda" if torch.cuda.is_available() else "cpu",
+            key="train.mixed_precision",
+        )
         log_with = None if config.output.log_with == "none" else config.output.log_with
         # accelerate keeps its mixed-precision setting in a process-wide singleton; a second
         # Trainer in one process (demo, tests, notebooks) must be able to choose its own. The
@@ -91,7 +98,7 @@ class Trainer:
 
         AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = Accelerator(
-            mixed_precision=t.mixed_precision,
+            mixed_precision=self.precision,
             log_with=log_with,
             project_dir=str(self.out / "logs"),
             cpu=not torch.cuda.is_available(),  # without it a CPU launch is N separate runs
@@ -99,7 +106,7 @@ class Trainer:
         self.device = self.accelerator.device
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
-        self.autocast_dtype = AUTOCAST[t.mixed_precision]
+        self.autocast_dtype = AUTOCAST[self.precision]
         self.step = 0
         self.lr_scale = 1.0
         self.nonfinite_total = 0
