@@ -2,17 +2,22 @@
 
 Each row runs the real ``sanakit demo`` training step (loader + forward + backward + AdamW of the
 demo model at batch 32, through the Trainer) in a fresh subprocess, so the OpenMP wait policy is
-set before torch loads. Busy rows start 1 or 2 competing processes (a pure-Python spin loop each,
-one core each, killed by this script and bounded by their own deadline). Prints one JSON row per
+set before torch loads: ``default`` (nothing set: libgomp spins 300,000 times), ``sanakit``
+(what the ``sanakit`` command sets, :data:`sanakit.hardware.THREAD_POLICY`) or ``passive``
+(``OMP_WAIT_POLICY=PASSIVE``). Busy rows start 1 or 2 competing processes, killed by this script
+and bounded by their own deadline: ``--competitor torch`` (default) is another torch job with
+OpenMP's default policy (a small-op loop on 2 threads, like a test suite or a second training
+run); ``--competitor spin`` is a pure-Python spin loop (one core each). Prints one JSON row per
 configuration and a summary row with the ratios:
 
-- ``busy1_over_quiet``: one competing process, passive policy, vs quiet (target <= 3);
-- ``busy1_default_over_quiet``: the same with OpenMP's default (spinning) policy;
-- ``passive_over_default_quiet``: what the passive policy costs on a quiet machine;
-- ``bf16_over_fp32``: bf16 autocast vs fp32 step time on this CPU.
+- ``busy1_over_quiet``: one competing process, sanakit's policy, vs quiet (target <= 3);
+- ``busy1_default_over_quiet`` / ``busy1_passive_over_quiet``: the same with the other policies;
+- ``quiet_sanakit_over_default`` / ``quiet_passive_over_default``: what a policy costs on a
+  quiet machine (target: within a few percent);
+- ``bf16_over_fp32``: bf16 autocast vs fp32 step time of the demo model on this CPU.
 
     python benchmarks/bench_contention.py
-    python benchmarks/bench_contention.py --steps 30 --warmup 5
+    python benchmarks/bench_contention.py --steps 30 --warmup 5 --competitor spin
 """
 
 from __future__ import annotations
@@ -27,7 +32,17 @@ import tempfile
 import time
 from pathlib import Path
 
-SPIN = "import time\nend = time.time() + {limit}\nwhile time.time() < end:\n    pass\n"
+COMPETITORS = {
+    "spin": "import time\nend = time.time() + {limit}\nwhile time.time() < end:\n    pass\n",
+    "torch": (
+        "import time, torch\n"
+        "x, w = torch.randn(32, 64, 128), torch.randn(128, 128)\n"
+        "norm = torch.nn.LayerNorm(128)\n"
+        "end = time.time() + {limit}\n"
+        "while time.time() < end:\n"
+        "    norm(x @ w)\n"
+    ),
+}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -66,15 +81,18 @@ def worker(args: argparse.Namespace) -> None:
 def run_row(
     args: argparse.Namespace, root: Path, *, busy: int, policy: str, precision: str
 ) -> dict:
-    env = dict(os.environ)
-    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
-        env.pop(name, None)
+    from sanakit.hardware import THREAD_POLICY, WAIT_POLICY_VARIABLES
+
+    env = {k: v for k, v in os.environ.items() if k not in WAIT_POLICY_VARIABLES}
+    # the competitors keep OpenMP's default policy, as most jobs do
+    limit = args.row_timeout
+    code = COMPETITORS[args.competitor].format(limit=limit)
+    spinners = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(busy)]
     if policy == "passive":
         env["OMP_WAIT_POLICY"] = "PASSIVE"
-    limit = args.row_timeout
-    spinners = [
-        subprocess.Popen([sys.executable, "-c", SPIN.format(limit=limit)]) for _ in range(busy)
-    ]
+    elif policy == "sanakit":
+        env.update(THREAD_POLICY)
+    time.sleep(1.0 if busy else 0.0)  # let the competitors start
     try:
         cmd = [
             sys.executable,
@@ -109,8 +127,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the demo's 2)")
     parser.add_argument("--row-timeout", type=float, default=600.0, help="seconds per row")
     parser.add_argument("--root", help="demo folder to reuse (default: a temp folder)")
+    parser.add_argument("--competitor", choices=sorted(COMPETITORS), default="torch")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="no", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
@@ -120,37 +139,40 @@ def main() -> None:
 
     root = Path(args.root or tempfile.mkdtemp(prefix="bench-contention-"))
     rows = []
-    plan = [
+    plan = [  # the demo trains in fp32 ("no")
+        (0, "sanakit", "no"),
+        (0, "default", "no"),
         (0, "passive", "no"),
-        (0, "passive", "bf16"),
-        (0, "passive", "auto"),
-        (0, "default", "auto"),
-        (1, "passive", "auto"),
-        (1, "default", "auto"),
-        (2, "passive", "auto"),
+        (0, "sanakit", "bf16"),
+        (1, "sanakit", "no"),
+        (1, "default", "no"),
+        (1, "passive", "no"),
+        (2, "sanakit", "no"),
     ]
     for busy, policy, precision in plan:
         row = run_row(args, root, busy=busy, policy=policy, precision=precision)
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    def step(busy: int, policy: str, requested: str = "auto") -> float:
+    def step(busy: int, policy: str, requested: str = "no") -> float:
         return next(
             r["step_s_median"]
             for r in rows
             if (r["busy_processes"], r["wait_policy"], r["requested"]) == (busy, policy, requested)
         )
 
-    quiet = step(0, "passive")
+    quiet = step(0, "sanakit")
     summary = {
         "cpu": cpu_info().describe(),
-        "auto_precision": rows[2]["precision"],
+        "competitor": args.competitor,
         "quiet_step_s": quiet,
-        "busy1_over_quiet": round(step(1, "passive") / quiet, 2),
+        "busy1_over_quiet": round(step(1, "sanakit") / quiet, 2),
         "busy1_default_over_quiet": round(step(1, "default") / quiet, 2),
-        "busy2_over_quiet": round(step(2, "passive") / quiet, 2),
-        "passive_over_default_quiet": round(quiet / step(0, "default"), 3),
-        "bf16_over_fp32": round(step(0, "passive", "bf16") / step(0, "passive", "no"), 2),
+        "busy1_passive_over_quiet": round(step(1, "passive") / quiet, 2),
+        "busy2_over_quiet": round(step(2, "sanakit") / quiet, 2),
+        "quiet_sanakit_over_default": round(quiet / step(0, "default"), 3),
+        "quiet_passive_over_default": round(step(0, "passive") / step(0, "default"), 3),
+        "bf16_over_fp32": round(step(0, "sanakit", "bf16") / quiet, 2),
     }
     print(json.dumps(summary))
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from sanakit.hardware import configure_thread_policy
 
-# Before torch is imported (tests.helpers imports it): OpenMP threads that spin between ops
-# make the suite 20x+ slower when anything else runs on the cores (see sanakit.hardware).
+# Before torch is imported (tests.helpers imports it): OpenMP threads that spin long between
+# ops make the suite 20x+ slower when anything else runs on the cores (see sanakit.hardware).
 configure_thread_policy()
 
 from collections.abc import Callable  # noqa: E402

@@ -86,13 +86,14 @@ def test_gpu_precision_is_not_decided_by_the_cpu(monkeypatch):
 
 
 def test_thread_policy_is_set_unless_the_user_chose_one():
-    env: dict[str, str] = {}
-    assert configure_thread_policy(env) == {"OMP_WAIT_POLICY": "PASSIVE"}
-    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    env: dict[str, str] = {"PATH": "/bin"}
+    assert configure_thread_policy(env) == {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "0"}
+    assert env == {"PATH": "/bin", "GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "0"}
     for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
-        env = {name: "ACTIVE" if name == "OMP_WAIT_POLICY" else "1000"}
+        env = {name: "ACTIVE" if name == "OMP_WAIT_POLICY" else "123"}
+        before = dict(env)
         assert configure_thread_policy(env) == {}
-        assert "OMP_WAIT_POLICY" not in env or env["OMP_WAIT_POLICY"] == "ACTIVE"
+        assert env == before  # the user's choice stands, nothing added
 
 
 CHECK_ORDER = textwrap.dedent(
@@ -102,7 +103,8 @@ CHECK_ORDER = textwrap.dedent(
     class Watch(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path, target=None):
             if name == "torch" and "torch" not in seen:
-                seen["torch"] = os.environ.get("OMP_WAIT_POLICY")
+                names = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+                seen["torch"] = {k: os.environ[k] for k in names if k in os.environ}
             return None
     sys.meta_path.insert(0, Watch())
     from sanakit.cli import main
@@ -112,11 +114,16 @@ CHECK_ORDER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({}, {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "0"}),
+        ({"OMP_WAIT_POLICY": "ACTIVE"}, {"OMP_WAIT_POLICY": "ACTIVE"}),
+    ],
+)
 def test_cli_sets_the_wait_policy_before_torch_is_imported(given, expected):
     env = {k: v for k, v in os.environ.items() if k not in hardware.WAIT_POLICY_VARIABLES}
-    if given:
-        env["OMP_WAIT_POLICY"] = given
+    env.update(given)
     done = subprocess.run(
         [sys.executable, "-c", CHECK_ORDER], env=env, capture_output=True, text=True, timeout=300
     )

@@ -6,11 +6,15 @@ a CPU run takes minutes or hours.
   a training step is ~20x slower than fp32 (measured: demo model fwd+bwd at batch 32 on an
   AVX2-only AMD EPYC, 12.6 s bf16 vs 0.64 s fp32). :func:`resolve_mixed_precision` turns the
   setting ``"auto"`` into ``"bf16"`` or ``"no"`` by what the CPU has.
-- **OpenMP wait policy.** OpenMP worker threads spin between parallel regions. With another
-  process on the cores, a spinning thread holds a core the other thread of the same op waits
-  for, and small ops slow down 20-600x (2000 x matmul + layer_norm on 32x64x128 with a competing
-  process: 110 s default, 4.9 s passive). :func:`configure_thread_policy` sets the passive policy
-  before torch is imported, unless the user chose one.
+- **OpenMP wait policy.** OpenMP worker threads spin between parallel regions (libgomp, the
+  runtime of torch's Linux wheels: 300,000 spins by default). With another process on the
+  cores, a spinning thread holds a core that the working thread of the same op waits for, and
+  small ops slow down 20-600x (measured here: 500 x matmul + layer_norm on 32x64x128 beside
+  another torch job, 7.8 s default vs 0.34 s quiet). :func:`configure_thread_policy` sets a
+  short spin before torch is imported, unless the user chose a policy: ``GOMP_SPINCOUNT=10000``
+  (as fast as the default on a quiet machine, as robust as ``OMP_WAIT_POLICY=PASSIVE`` on a
+  busy one, which costs ~10-20% on a quiet one; benchmarks/bench_contention.py) and
+  ``KMP_BLOCKTIME=0`` for the LLVM/Intel runtimes (macOS wheels), which read no GOMP variable.
 
 This module imports torch only inside functions: the CLI calls
 :func:`configure_thread_policy` before anything imports torch.
@@ -31,6 +35,8 @@ log = logging.getLogger("sanakit")
 # Variables that already choose how OpenMP threads wait (GNU libgomp and Intel's libiomp read
 # OMP_WAIT_POLICY; GOMP_SPINCOUNT and KMP_BLOCKTIME are their own finer knobs).
 WAIT_POLICY_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+# libgomp: spin 10,000 times, then sleep; LLVM/Intel OpenMP: sleep at once (times in ms).
+THREAD_POLICY = {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "0"}
 
 # x86 /proc/cpuinfo flags of native bf16 arithmetic; ARM's "Features" line says "bf16".
 X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -40,14 +46,14 @@ PRECISIONS = ("auto", "bf16", "fp16", "no")
 
 
 def configure_thread_policy(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless a wait-policy variable is already set; returns what
-    it set (empty when the user's choice stands). Takes effect only if torch (OpenMP) has not
-    been loaded yet, so the CLI calls it first thing."""
+    """Set :data:`THREAD_POLICY` unless a wait-policy variable is already set; returns what it
+    set (empty when the user's choice stands). Takes effect only if torch (OpenMP) has not been
+    loaded yet, so the CLI calls it first thing."""
     env = os.environ if environ is None else environ
     if any(name in env for name in WAIT_POLICY_VARIABLES):
         return {}
-    env["OMP_WAIT_POLICY"] = "PASSIVE"
-    return {"OMP_WAIT_POLICY": "PASSIVE"}
+    env.update(THREAD_POLICY)
+    return dict(THREAD_POLICY)
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ import torch
 
 from sanakit.hardware import cpu_info
 
-# The machine the defaults were tuned on: a quiet 2-core Intel Xeon (Sapphire Rapids, AVX-512
-# BF16 + AMX), demo training step at batch 32 (benchmarks/bench_contention.py, docs/demo.md).
-REFERENCE_STEP_SECONDS = {"bf16": 0.14, "no": 0.14}
-REFERENCE_CPU = "a quiet 2-core Xeon with native bf16"
+# The development machine: a quiet 2-core Intel Xeon VM (Sapphire Rapids: AVX-512, AMX), demo
+# training step at batch 32 (benchmarks/bench_contention.py, 2026-11-29; docs/benchmarks.md).
+REFERENCE_STEP_SECONDS = {"no": 0.20, "bf16": 0.27}
+REFERENCE_CPU = "a quiet 2-core Xeon"
 SLOW_FACTOR = 3.0  # slower than this x the reference: say why in one line
 BUSY_SHARE = 0.6  # this process got less than this share of its threads' cores: a busy CPU
 
@@ -57,7 +57,9 @@ class Pace:
 
     def slowdown(self) -> float:
         """This machine's step time over the reference machine's for the same precision."""
-        return self.step_seconds / REFERENCE_STEP_SECONDS.get(self.precision, 0.14)
+        return self.step_seconds / REFERENCE_STEP_SECONDS.get(
+            self.precision, REFERENCE_STEP_SECONDS["no"]
+        )
 
     def reason(self) -> str:
         """Why this machine is slow, in the user's words (for the one-line warning)."""
