@@ -30,6 +30,7 @@ import difflib
 import json
 import math
 import re
+import tomllib
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -37,11 +38,6 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 from sanakit.errors import SanakitError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
 
 T = TypeVar("T")
 

@@ -184,9 +184,6 @@ class ShardReader:
     def get(self, key: str, field_name: str) -> torch.Tensor:
         return self._handle(self.where[key]).get_tensor(f"{key}/{field_name}")
 
-    def has_field(self, key: str, field_name: str) -> bool:
-        return f"{key}/{field_name}" in set(self._handle(self.where[key]).keys())
-
     @staticmethod
     def from_store(store: ShardStore, keys: Iterable[str] | None = None) -> ShardReader:
         where = store._where if keys is None else {k: store.shard_of(k) for k in keys}
