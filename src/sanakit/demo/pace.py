@@ -17,7 +17,7 @@ from sanakit.hardware import cpu_info
 # training step at batch 32 (benchmarks/bench_contention.py, 2026-11-29; docs/benchmarks.md).
 REFERENCE_STEP_SECONDS = {"no": 0.20, "bf16": 0.27}
 REFERENCE_CPU = "a quiet 2-core Xeon"
-SLOW_FACTOR = 3.0  # slower than this x the reference: say why in one line
+SLOW_FACTOR = 2.0  # slower than this x the reference: say why in one line
 BUSY_SHARE = 0.6  # this process got less than this share of its threads' cores: a busy CPU
 
 
