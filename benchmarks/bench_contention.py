@@ -124,6 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="timed steps per row")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per row")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every row, round robin")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the demo's 2)")
     parser.add_argument("--row-timeout", type=float, default=600.0, help="seconds per row")
     parser.add_argument("--root", help="demo folder to reuse (default: a temp folder)")
@@ -149,10 +150,17 @@ def main() -> None:
         (1, "passive", "no"),
         (2, "sanakit", "no"),
     ]
-    for busy, policy, precision in plan:
-        row = run_row(args, root, busy=busy, policy=policy, precision=precision)
+    runs: dict[tuple, list[dict]] = {}
+    for _ in range(args.repeats):  # round robin: slow drifts of the machine hit every row
+        for busy, policy, precision in plan:
+            row = run_row(args, root, busy=busy, policy=policy, precision=precision)
+            runs.setdefault((busy, policy, precision), []).append(row)
+            print(json.dumps(row), flush=True)
+    for repeats in runs.values():  # per row: the median over repeats of the median step
+        row = dict(repeats[0], step_s_median=statistics.median(r["step_s_median"] for r in repeats))
+        row["step_s_min"] = min(r["step_s_min"] for r in repeats)
+        row["repeats"] = len(repeats)
         rows.append(row)
-        print(json.dumps(row), flush=True)
 
     def step(busy: int, policy: str, requested: str = "no") -> float:
         return next(
@@ -174,6 +182,7 @@ def main() -> None:
         "quiet_passive_over_default": round(step(0, "passive") / step(0, "default"), 3),
         "bf16_over_fp32": round(step(0, "sanakit", "bf16") / quiet, 2),
     }
+    print(json.dumps({"rows": rows}))
     print(json.dumps(summary))
 
 
