@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from sanakit.adapters import LokrSpec, LoraSpec
 from sanakit.config import DataConfig, DatasetConfig
 from sanakit.train.config import (
     EmaSection,
-    LokrSection,
-    LoraSection,
     ModelSection,
     OutputSection,
     TrainSection,
@@ -22,8 +21,8 @@ DOC = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_t
 SECTIONS = [
     ModelSection,
     TrainSection,
-    LoraSection,
-    LokrSection,
+    LoraSpec,
+    LokrSpec,
     EmaSection,
     ValidationSection,
     OutputSection,

@@ -16,13 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sanakit.compat.toml_out import dumps
+from sanakit.adapters.spec import LokrSpec, LoraSpec
 from sanakit.config import DatasetConfig
 from sanakit.errors import SanakitError
+from sanakit.tomlwriter import dumps
 from sanakit.train.config import (
     DEFAULT_LR,
-    LokrSection,
-    LoraSection,
     RunConfig,
     absolute_paths,
     load_run_config,
@@ -133,8 +132,8 @@ def ask_adapter(p: Prompter, method: str) -> dict[str, int]:
     """The ``[train.lora]`` / ``[train.lokr]`` table: LoRA rank, or LoKr factor and rank."""
     if method == "lora":
         p.write("  LoRA rank: 16 suits a style or subject; more = more capacity, a bigger file")
-        return {"rank": p.number("LoRA rank", LoraSection().rank, int, 1)}
-    defaults = LokrSection()
+        return {"rank": p.number("LoRA rank", LoraSpec().rank, int, 1)}
+    defaults = LokrSpec()
 
     def check_factor(answer: str) -> int:
         try:

@@ -9,9 +9,9 @@ import logging
 import pytest
 import torch
 
+from sanakit.adapters import LokrSpec, apply_adapter, load_adapter_into
 from sanakit.models import SanaTransformer
 from sanakit.presets import tiny
-from sanakit.train.adapters import AdapterSpec, apply_adapter, load_adapter_into
 
 
 class _Records(logging.Handler):
@@ -44,16 +44,16 @@ def base() -> SanaTransformer:
 
 
 def _ours(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "sanakit.train"]
+    return [r.getMessage() for r in caplog.records if r.name == "sanakit.adapters"]
 
 
 def test_full_matrix_layers_are_reported_once_in_our_words(
     base, lycoris_records, caplog, capsys, tmp_path
 ) -> None:
-    caplog.set_level(logging.INFO, logger="sanakit.train")
+    caplog.set_level(logging.INFO, logger="sanakit.adapters")
     # hidden 64, factor 4: W2 (16, 16) in the 64 x 64 layers (20 >= 16 / 2: full matrix), but
     # (80, 16) in conv_inverted (64 -> 320; 20 < 80 / 2: decomposed)
-    handle = apply_adapter(copy.deepcopy(base), AdapterSpec("lokr", rank=20, factor=4))
+    handle = apply_adapter(copy.deepcopy(base), LokrSpec(rank=20, factor=4))
     full = sum(lora.use_w2 for lora in handle.model.lycoris.loras)
     assert 0 < full < len(handle.modules)
     assert _ours(caplog) == [
@@ -71,8 +71,8 @@ def test_full_matrix_layers_are_reported_once_in_our_words(
 
 
 def test_default_rank_reports_all_layers(base, lycoris_records, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="sanakit.train")
-    handle = apply_adapter(copy.deepcopy(base), AdapterSpec("lokr", rank=10000))
+    caplog.set_level(logging.INFO, logger="sanakit.adapters")
+    handle = apply_adapter(copy.deepcopy(base), LokrSpec(rank=10000))
     (message,) = _ours(caplog)
     assert f"in all {len(handle.modules)} layers (factor 16)" in message
     assert lycoris_records == []
@@ -81,8 +81,8 @@ def test_default_rank_reports_all_layers(base, lycoris_records, caplog) -> None:
 def test_no_notice_when_the_rank_decomposes_every_layer_or_full_matrix_is_asked(
     base, lycoris_records, caplog
 ) -> None:
-    caplog.set_level(logging.INFO, logger="sanakit.train")
-    apply_adapter(copy.deepcopy(base), AdapterSpec("lokr", rank=2, factor=8))
-    apply_adapter(copy.deepcopy(base), AdapterSpec("lokr", rank=2, factor=8, full_matrix=True))
+    caplog.set_level(logging.INFO, logger="sanakit.adapters")
+    apply_adapter(copy.deepcopy(base), LokrSpec(rank=2, factor=8))
+    apply_adapter(copy.deepcopy(base), LokrSpec(rank=2, factor=8, full_matrix=True))
     assert _ours(caplog) == []
     assert lycoris_records == []

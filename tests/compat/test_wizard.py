@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from sanakit.adapters import LokrSpec, LoraSpec
 from sanakit.cli import main
-from sanakit.train.config import EmaSection, LokrSection, LoraSection, load_run_config
+from sanakit.train.config import EmaSection, load_run_config
 
 
 def _base(folder: Path) -> Path:
@@ -74,8 +75,8 @@ def test_wizard_writes_a_valid_config_and_reasks_bad_answers(tmp_path, monkeypat
     t = config.train
     assert (t.method, t.lr, t.batch_size, t.max_steps) == ("lokr", 1e-4, 4, 30)
     assert t.ema == EmaSection(decay=0.995) and t.gradient_checkpointing is False
-    assert t.lokr == LokrSection(factor=4, rank=10000) and t.lora is None
-    assert t.adapter_spec().lokr_factor == 4
+    assert t.lokr == LokrSpec(factor=4, rank=10000) and t.lora is None
+    assert t.adapter_spec().factor == 4
     assert config.model.base == str(base.resolve())
     assert (config.validation.prompts, config.validation.every_steps) == (("a blue photo",), 10)
     assert config.validation.resolutions == ("64x64",)
@@ -120,7 +121,7 @@ def test_wizard_asks_the_lora_rank(tmp_path, monkeypatch, capsys):
     assert "'2.5' is not a whole number" in out and "it must be at least 1" in out
     assert "'nan' is not a finite number" in out
     config = load_run_config(tmp_path / "lora.toml")
-    assert config.train.method == "lora" and config.train.lora == LoraSection(rank=8)
+    assert config.train.method == "lora" and config.train.lora == LoraSpec(rank=8)
     assert config.train.adapter_spec().rank == 8
     (ds,) = config.data.datasets
     assert ds.caption_dropout == 0.0

@@ -1,25 +1,27 @@
-"""Adapter initial weights follow the seed (AdapterSpec.seed = train.seed), not the global RNG:
+"""Adapter initial weights follow the seed (apply_adapter's seed = train.seed), not the global RNG:
 the same seed gives bit-identical adapters, losses and exported files, for LoRA and LoKr."""
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 
 import pytest
 import torch
+from safetensors import safe_open
 
+from sanakit.adapters import LokrSpec, LoraSpec, apply_adapter, find_adapter_file
+from sanakit.adapters.spec import spec_record
+from sanakit.config import from_dict, to_dict
 from sanakit.errors import SanakitError
 from sanakit.models import SanaTransformer, save_transformer
 from sanakit.presets import tiny
-from sanakit.train.adapters import AdapterSpec, apply_adapter, find_adapter_file
-from sanakit.train.config import run_config_from_dict
+from sanakit.train.config import TrainSection, run_config_from_dict
 from sanakit.train.trainer import Trainer
 
 SPECS = {
-    "lora": {"method": "lora", "rank": 4},
-    "lokr": {"method": "lokr", "rank": 2, "factor": 8},  # W1 (8, 8) random, W2 = W2a W2b
+    "lora": LoraSpec(rank=4),
+    "lokr": LokrSpec(rank=2, factor=8),  # W1 (8, 8) random, W2 = W2a W2b
 }
 
 
@@ -37,9 +39,9 @@ def base() -> SanaTransformer:
     return SanaTransformer(tiny(in_channels=4, caption_channels=16)).eval()
 
 
-def _init(base: SanaTransformer, spec: AdapterSpec, global_seed: int) -> dict[str, torch.Tensor]:
+def _init(base: SanaTransformer, spec, seed: int, global_seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(global_seed)  # a different global RNG state each time
-    return apply_adapter(copy.deepcopy(base), spec).state_dict()
+    return apply_adapter(copy.deepcopy(base), spec, seed=seed).state_dict()
 
 
 def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -48,46 +50,52 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 @pytest.mark.parametrize("method", ["lora", "lokr"])
 def test_same_seed_same_adapter_whatever_the_global_rng(base, method) -> None:
-    spec = AdapterSpec(**SPECS[method], seed=7)
-    first, second = _init(base, spec, 1), _init(base, spec, 2)
+    spec = SPECS[method]
+    first, second = _init(base, spec, 7, 1), _init(base, spec, 7, 2)
     assert _equal(first, second)
     random = [k for k, v in first.items() if v.abs().sum() > 0]
     assert random  # LoRA A / LoKr W1 and W2a are drawn at random
-    other = _init(base, AdapterSpec(**SPECS[method], seed=8), 1)
+    other = _init(base, spec, 8, 1)
     assert all(not torch.equal(first[k], other[k]) for k in random)
 
 
 def test_init_lokr_norm_noise_follows_the_seed(base) -> None:
-    spec = {"method": "lokr", "rank": 2, "factor": 8, "full_matrix": True, "init_lokr_norm": 1e-3}
-    first = _init(base, AdapterSpec(**spec, seed=3), 1)
-    assert _equal(first, _init(base, AdapterSpec(**spec, seed=3), 2))
-    assert not _equal(first, _init(base, AdapterSpec(**spec, seed=4), 1))
+    spec = LokrSpec(rank=2, factor=8, full_matrix=True, init_lokr_norm=1e-3)
+    first = _init(base, spec, 3, 1)
+    assert _equal(first, _init(base, spec, 3, 2))
+    assert not _equal(first, _init(base, spec, 4, 1))
 
 
 def test_injection_leaves_the_global_rng_alone(base) -> None:
     torch.manual_seed(5)
     expected = torch.rand(4)
     torch.manual_seed(5)
-    apply_adapter(copy.deepcopy(base), AdapterSpec(**SPECS["lora"], seed=123))
+    apply_adapter(copy.deepcopy(base), SPECS["lora"], seed=123)
     assert torch.equal(torch.rand(4), expected)
 
 
 def test_seed_is_checked_and_exported(base, tmp_path) -> None:
-    with pytest.raises(SanakitError, match="adapter seed must be a 64-bit integer"):
-        AdapterSpec(seed=1.5)
-    spec = AdapterSpec(**SPECS["lokr"], seed=11)
-    file = apply_adapter(copy.deepcopy(base), spec).save(tmp_path)
+    with pytest.raises(SanakitError, match=r"^train.seed must be a 64-bit integer, got 18446"):
+        from_dict(TrainSection, {"max_steps": 1, "seed": 2**64}, where="train")
+    spec = SPECS["lokr"]
+    file = apply_adapter(copy.deepcopy(base), spec, seed=11).save(tmp_path)
     saved = json.loads(file.with_suffix(".json").read_text())["spec"]
     assert saved["seed"] == 11
-    assert AdapterSpec.from_dict(saved) == dataclasses.replace(spec, target_modules=spec.targets)
+    assert saved == spec_record(spec, 11)
+    assert json.loads(load_file_metadata(file)["sanakit_adapter"]) == saved
 
 
 def test_saving_the_same_adapter_gives_the_same_bytes(base, tmp_path) -> None:
     """safetensors orders the metadata map at random; the export sorts it."""
-    handle = apply_adapter(copy.deepcopy(base), AdapterSpec(**SPECS["lora"]))
+    handle = apply_adapter(copy.deepcopy(base), SPECS["lora"])
     files = [handle.save(tmp_path / f"{i}.safetensors").read_bytes() for i in range(5)]
     assert len(set(files)) == 1
     assert b'"__metadata__":{"format":"pt","lora_adapter_metadata":' in files[0]
+
+
+def load_file_metadata(file) -> dict[str, str]:
+    with safe_open(str(file), framework="pt") as reader:
+        return reader.metadata()
 
 
 class _Recording(Trainer):
@@ -121,7 +129,7 @@ def test_same_run_seed_gives_identical_adapter_runs(
 ) -> None:
     del run_dict["model"]["preset"]
     run_dict["model"]["transformer"] = str(transformer_dir)
-    section = {k: v for k, v in SPECS[method].items() if k != "method"}
+    section = to_dict(SPECS[method])
     run_dict["train"].update(method=method, max_steps=3, lr=1e-2, **{method: section})
     run_dict["output"].update(checkpoint_every=3, export_dtype="fp32")
     # the first run builds the cache (loads the encoders), the second finds it: the global RNG

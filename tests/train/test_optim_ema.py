@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
+from sanakit.config import from_dict
 from sanakit.errors import SanakitError
+from sanakit.train.config import TrainSection
 from sanakit.train.ema import EMA
 from sanakit.train.optim import build_optimizer, build_scheduler, lr_multiplier
 
@@ -43,6 +45,18 @@ def test_optimizer_errors() -> None:
         build_optimizer([p], "sgd9", lr=1.0)
     with pytest.raises(SanakitError, match="no trainable parameters"):
         build_optimizer([torch.nn.Parameter(torch.zeros(1), requires_grad=False)], "adamw", lr=1.0)
+
+
+def test_lion8bit_rejects_an_eps_it_would_drop() -> None:
+    """bitsandbytes' Lion8bit has no eps: a train.eps with it is an error, not ignored."""
+    raw = {"max_steps": 1, "optimizer": "lion8bit", "eps": 1e-6}
+    with pytest.raises(SanakitError) as err:
+        from_dict(TrainSection, raw, where="train")
+    assert str(err.value) == (
+        "train.eps does nothing with train.optimizer = 'lion8bit' (Lion has no eps)"
+    )
+    assert from_dict(TrainSection, {**raw, "eps": 1e-8}).optimizer == "lion8bit"  # the default
+    assert from_dict(TrainSection, {**raw, "optimizer": "adamw8bit"}).eps == 1e-6
 
 
 def test_ema_update_rule_and_interval() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sanakit.adapters import load_adapter_into
 from sanakit.models import SanaTransformer
-from sanakit.train.adapters import load_adapter_into
 from sanakit.train.config import run_config_from_dict
 from sanakit.train.trainer import Trainer
 from tests.train.test_trainer import fixed_noise_loss

@@ -1,4 +1,4 @@
-"""LoKr through LyCORIS, in LyCORIS' own file layout (a backend of `sanakit.train.adapters`).
+"""LoKr through LyCORIS, in LyCORIS' own file layout (a backend of `sanakit.adapters`).
 
 LoKr (LyCORIS; Yeh et al., 2023, arXiv:2309.14859) on a weight W (out, in[, kh, kw]):
     W' = W + s * kron(W1, W2),   W1 (a, c), W2 (b, d[, kh, kw]), out = a*b, in = c*d,
@@ -20,21 +20,19 @@ import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from sanakit.adapters.spec import LokrSpec
 from sanakit.errors import SanakitError
-
-if TYPE_CHECKING:
-    from sanakit.train.adapters import AdapterSpec
 
 LOKR_WEIGHT_NAME = "lokr_weights.safetensors"
 LYCORIS_PREFIX = "lycoris"
 LYCORIS_ATTR = "lycoris"  # the LycorisNetwork is registered on the model under this name
 
-log = logging.getLogger("sanakit.train")
+log = logging.getLogger("sanakit.adapters")
 
 
 def lycoris_name(module_name: str) -> str:
@@ -95,7 +93,7 @@ def _lycoris_targets(modules: tuple[str, ...]) -> Iterator[Any]:
 
 
 def inject_lokr(
-    model: nn.Module, spec: AdapterSpec, modules: tuple[str, ...]
+    model: nn.Module, spec: LokrSpec, modules: tuple[str, ...]
 ) -> tuple[nn.Module, dict[str, nn.Parameter]]:
     """Freeze ``model``, hook a LoKr module on each of ``modules`` and register the network as
     ``model.lycoris`` (so ``model.to``, ``model.parameters()`` and DDP see it). Returns the
@@ -111,23 +109,23 @@ def inject_lokr(
             conv_alpha=alpha,
             dropout=0.0,
             network_module="lokr",
-            factor=spec.lokr_factor,
+            factor=spec.factor,
             decompose_both=spec.decompose_both,
             full_matrix=spec.full_matrix,
         )
     loras = network.loras
     if sorted(lora.lora_name for lora in loras) != sorted(lycoris_name(m) for m in modules):
         raise SanakitError(f"LyCORIS wrapped {len(loras)} modules, expected {len(modules)}")
-    where = f"rank {spec.rank} and factor {spec.lokr_factor}"
+    where = f"rank {spec.rank} and factor {spec.factor}"
     if spec.decompose_both and all(lora.use_w1 for lora in loras):
         raise SanakitError(
-            f"adapter decompose_both has no effect with {where} (W1 is too small to decompose); "
+            f"train.lokr.decompose_both does nothing with {where} (W1 is too small to decompose); "
             f"use a rank below factor/2 or drop decompose_both"
         )
     alpha_matters = any(not (lora.use_w1 and lora.use_w2) for lora in loras)
     if spec.alpha is not None and spec.alpha != spec.rank and not alpha_matters:
         raise SanakitError(
-            f"adapter alpha has no effect with {where}: every LoKr factor is a full matrix "
+            f"train.lokr.alpha does nothing with {where}: every LoKr factor is a full matrix "
             f"(scale fixed to 1); lower the rank or leave alpha unset"
         )
     full_w2 = 0 if spec.full_matrix else sum(lora.use_w2 for lora in loras)
@@ -136,7 +134,7 @@ def inject_lokr(
         log.info(
             "LoKr: rank %d is at least half of W2's larger side in %s layers (factor %d); those "
             "layers train W2 as a full matrix",
-            spec.rank, layers, spec.lokr_factor,
+            spec.rank, layers, spec.factor,
         )  # fmt: skip
     if spec.init_lokr_norm is not None:
         _init_lokr_norm(loras, spec.init_lokr_norm)

@@ -1,4 +1,4 @@
-"""LoRA through peft, in the diffusers/PEFT file layout (a backend of `sanakit.train.adapters`).
+"""LoRA through peft, in the diffusers/PEFT file layout (a backend of `sanakit.adapters`).
 
 LoRA (Hu et al., 2021, arXiv:2106.09685) on a Linear / Conv2d with weight W (out, in[, kh, kw]):
     W' = W + (alpha / r) * B @ A,   A (r, in[, kh, kw]) Kaiming-uniform, B (out, r[, 1, 1]) = 0

@@ -289,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"sanakit: {note}", file=sys.stderr)
     pipe = TextToImage.from_pretrained(args.model, dtype=dtype, device=device)
     if args.lora:
-        from sanakit.train.adapters import load_adapter_into
+        from sanakit.adapters import load_adapter_into
 
         for adapter in args.lora:
             load_adapter_into(pipe.transformer, adapter, scale=args.lora_scale)

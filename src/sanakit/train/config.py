@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+from sanakit.adapters.spec import AdapterSpec, LokrSpec, LoraSpec
 from sanakit.config import (
     ConfigValueError,
     DataConfig,
@@ -36,6 +37,7 @@ DType = Literal["bf16", "fp16", "fp32"]
 # Sana-1600M's fine-tuning defaults (NVlabs configs, SimpleTuner quickstart): 1e-5 for full
 # rank; adapters train a small fraction of the weights and take ~10x more.
 DEFAULT_LR = {"full": 1e-5, "lora": 1e-4, "lokr": 1e-4}
+DEFAULT_EPS = 1e-8  # torch AdamW's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,38 +98,6 @@ class ModelSection:
 
 
 @dataclasses.dataclass(frozen=True)
-class LoraSection:
-    """``[train.lora]`` (peft LoRA): W + (alpha / rank) * B A on the target modules."""
-
-    rank: int = 16
-    alpha: float | None = None  # default: rank (scale 1)
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] | None = None  # default: attention projections + FFN 1x1 convs
-
-    def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise ConfigValueError(self, "rank", "must be >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigValueError(self, "dropout", "must be in [0, 1)")
-
-
-@dataclasses.dataclass(frozen=True)
-class LokrSection:
-    """``[train.lokr]`` (LyCORIS LoKr): W + kron(w1, w2) factorised with ``factor``."""
-
-    factor: int = 16
-    rank: int = 10000  # LyCORIS linear_dim; >= the factor's side means full-rank Kronecker factors
-    alpha: float | None = None  # LyCORIS linear_alpha; only meaningful when rank is low
-    target_modules: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.factor < 1 and self.factor != -1:
-            raise ConfigValueError(self, "factor", "must be >= 1 (or -1 for automatic)")
-        if self.rank < 1:
-            raise ConfigValueError(self, "rank", "must be >= 1")
-
-
-@dataclasses.dataclass(frozen=True)
 class EmaSection:
     """``[train.ema]``: present = on. shadow <- decay*shadow + (1-decay)*w every n steps."""
 
@@ -147,13 +117,13 @@ class TrainSection:
     """``[train]``: method, optimisation and the flow-matching objective."""
 
     method: Literal["full", "lora", "lokr"] = "full"
-    lora: LoraSection | None = None
-    lokr: LokrSection | None = None
+    lora: LoraSpec | None = None  # sanakit.adapters.spec: the adapter settings themselves
+    lokr: LokrSpec | None = None
     lr: float | None = None  # default by method: 1e-5 full, 1e-4 lora/lokr
     optimizer: Literal["adamw", "adamw8bit", "lion8bit", "optimi-adamw"] = "adamw"
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
-    eps: float = 1e-8
+    eps: float = DEFAULT_EPS  # adamw* only (Lion has none)
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
     warmup_steps: int = 0
     batch_size: int = 1
@@ -229,32 +199,23 @@ class TrainSection:
                 "max_nonfinite_recoveries",
                 f"must be >= 0, got {self.max_nonfinite_recoveries}",
             )
-
-    def adapter_spec(self):
-        """The :class:`~sanakit.train.adapters.AdapterSpec` of ``[train.lora]`` / ``[train.lokr]``
-        (their defaults when the table is absent); only for method lora / lokr."""
-        from sanakit.train.adapters import AdapterSpec
-
-        if self.method == "lora":
-            s = self.lora or LoraSection()
-            alpha = s.alpha if s.alpha is not None else float(s.rank)
-            return AdapterSpec(
-                method="lora",
-                rank=s.rank,
-                alpha=alpha,
-                dropout=s.dropout,
-                target_modules=s.target_modules,
-                seed=self.seed,
+        if self.optimizer == "lion8bit" and self.eps != DEFAULT_EPS:
+            # bitsandbytes' Lion8bit takes no eps (Lion has no denominator to guard)
+            raise ConfigValueError(
+                self, "eps", "does nothing with train.optimizer = 'lion8bit' (Lion has no eps)"
             )
-        k = self.lokr or LokrSection()
-        return AdapterSpec(
-            method="lokr",
-            rank=k.rank,
-            alpha=k.alpha,
-            factor=k.factor,
-            target_modules=k.target_modules,
-            seed=self.seed,
-        )
+        if not -(2**63) <= self.seed < 2**64:  # torch.manual_seed's range
+            raise ConfigValueError(self, "seed", f"must be a 64-bit integer, got {self.seed}")
+
+    def adapter_spec(self) -> AdapterSpec | None:
+        """The adapter settings: ``[train.lora]`` / ``[train.lokr]`` as written (their defaults
+        when the table is absent); None for method full. The trainer applies them with
+        ``seed = train.seed``."""
+        if self.method == "lora":
+            return self.lora or LoraSpec()
+        if self.method == "lokr":
+            return self.lokr or LokrSpec()
+        return None
 
     @property
     def learning_rate(self) -> float:

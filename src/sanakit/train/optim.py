@@ -66,7 +66,7 @@ def build_optimizer(
     if name == "adamw8bit":
         bnb = _import_optional("bitsandbytes", "bitsandbytes", name)
         return bnb.optim.AdamW8bit(params, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
-    if name == "lion8bit":
+    if name == "lion8bit":  # no eps: Lion has none, and TrainSection rejects a train.eps with it
         bnb = _import_optional("bitsandbytes", "bitsandbytes", name)
         return bnb.optim.Lion8bit(params, lr=lr, betas=betas, weight_decay=weight_decay)
     if name == "optimi-adamw":

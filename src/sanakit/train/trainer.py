@@ -176,10 +176,11 @@ class Trainer:
             text_channels=self.memo["text_hidden_size"],
         )
         self.adapter = None
-        if t.method != "full":
-            from sanakit.train.adapters import apply_adapter
+        spec = t.adapter_spec()
+        if spec is not None:
+            from sanakit.adapters import apply_adapter
 
-            self.adapter = apply_adapter(model, t.adapter_spec())
+            self.adapter = apply_adapter(model, spec, seed=t.seed)
             params = list(self.adapter.trainable_parameters())
         else:
             params = [p for p in model.parameters() if p.requires_grad]
