@@ -25,8 +25,8 @@ from sanakit.demo.shapes import (
     shape_mask,
     write_dataset,
 )
-from sanakit.demo.stack import to_toml
 from sanakit.errors import SanakitError
+from sanakit.tomlwriter import dumps
 
 
 def test_dataset_is_deterministic_and_balanced():
@@ -113,13 +113,13 @@ def test_largest_component_uses_8_connectivity():
     assert not largest_component(np.zeros((3, 3), bool)).any()
 
 
-def test_to_toml_round_trips_the_demo_config(tmp_path: Path):
+def test_toml_writer_round_trips_the_demo_config(tmp_path: Path):
     from sanakit.demo.run import run_config_dict
     from sanakit.train.config import load_run_config
 
     settings = DemoSettings(out=tmp_path / 'with "quotes"', steps=7)
     data = run_config_dict(settings)
-    text = to_toml(data)
+    text = dumps(data)
     assert tomllib.loads(text) == json.loads(json.dumps(data))
     path = tmp_path / "config.toml"
     path.write_text(text)

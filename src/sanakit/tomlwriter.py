@@ -1,7 +1,10 @@
-"""A small TOML writer for sanakit configs, with a comment block before any key or table.
+"""The TOML writer of sanakit configs (the SimpleTuner importer, ``sanakit configure`` and the
+demo's ``config.toml``), with an optional comment block before any key or table.
 
 Handles what :func:`sanakit.config.to_dict` produces: tables, arrays of tables, strings, bools,
-ints, floats and flat arrays of those. ``tomllib.loads(dumps(d)) == d`` for such data.
+ints, floats and flat arrays of those; ``None`` values are left out (TOML has no null), as
+``to_dict`` leaves them out. ``tomllib.loads(dumps(d))`` equals ``d`` less its ``None`` values
+(tuples become lists).
 """
 
 from __future__ import annotations
@@ -16,7 +19,11 @@ WIDTH = 100
 
 
 def _is_table_array(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
+    return (
+        isinstance(value, list | tuple)
+        and bool(value)
+        and all(isinstance(v, Mapping) for v in value)
+    )
 
 
 def value_text(value: Any) -> str:
@@ -68,7 +75,7 @@ def _table(
     prefix = f"{path}." if path else ""
     named = f"{name}." if name else ""
     for key, value in table.items():
-        if isinstance(value, Mapping) or _is_table_array(value):
+        if value is None or isinstance(value, Mapping) or _is_table_array(value):
             continue
         for text in comments.get(prefix + key, []):
             lines += comment_lines(text)
@@ -101,6 +108,6 @@ def paths_of(data: Mapping[str, Any], path: str = "") -> set[str]:
             out.add(prefix + key)
             for i, item in enumerate(value):
                 out |= paths_of(item, f"{prefix}{key}[{i}]")
-        else:
+        elif value is not None:
             out.add(prefix + key)
     return out

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sanakit.cli import main
-from sanakit.compat import st_datasets, st_trainer
+from sanakit.compat.simpletuner import datasets, trainer
 from sanakit.config import SIMPLETUNER_NAMES, DatasetConfig
 from sanakit.train.config import RunConfig
 
@@ -110,7 +110,7 @@ def _has_key(dotted: str) -> bool:
 
 
 def test_every_simpletuner_name_is_a_simpletuner_key_with_a_real_sanakit_key() -> None:
-    simpletuner = st_trainer.KNOWN | st_datasets.KNOWN
+    simpletuner = trainer.KNOWN | datasets.KNOWN
     assert not [name for name in SIMPLETUNER_NAMES if name not in simpletuner]
     assert not [target for target in SIMPLETUNER_NAMES.values() if not _has_key(target)]
     assert not _has_key("train.learning_rate") and not _has_key("train.lora.rnak")

@@ -1,4 +1,5 @@
-"""Importers for other trainers' configurations (SimpleTuner's Sana quickstart setup)."""
+"""Importers for other trainers' configurations: :mod:`sanakit.compat.simpletuner` (SimpleTuner's
+Sana quickstart setup)."""
 
 from sanakit.compat.simpletuner import (
     ImportResult,

@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from sanakit import tomlwriter
 from sanakit.demo.pace import (
     REFERENCE_CPU,
     REFERENCE_STEP_SECONDS,
@@ -44,7 +45,7 @@ from sanakit.demo.report import loss_plot, sample_grid
 from sanakit.demo.score import classify, score_predictions
 from sanakit.demo.settings import DemoSettings
 from sanakit.demo.shapes import BACKGROUNDS, COLORS, SHAPES, caption, dataset_specs, write_dataset
-from sanakit.demo.stack import INSTRUCTION, build_text_encoder, to_toml
+from sanakit.demo.stack import INSTRUCTION, build_text_encoder
 from sanakit.errors import SanakitError
 from sanakit.train.checkpoint import Checkpointer
 from sanakit.train.config import RunConfig, ValidationSection, load_run_config
@@ -162,7 +163,7 @@ def prepare(settings: DemoSettings) -> RunConfig:
         s.caption for s in dataset_specs(settings.per_combo, settings.seed, settings.image_size)
     ]
     build_text_encoder(out / "text_encoder", captions, settings.text, settings.seed)
-    (out / "config.toml").write_text(to_toml(run_config_dict(settings)))
+    (out / "config.toml").write_text(tomlwriter.dumps(run_config_dict(settings)))
     log.info("demo data: %d images in %s", count, out / "data" / "shapes")
     return load_run_config(out / "config.toml")
 

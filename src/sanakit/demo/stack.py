@@ -6,21 +6,17 @@
   a Sana pipeline has, so :class:`sanakit.text.TextEncoder` loads it the normal way;
 - autoencoder: the parameter-free pixel-shuffle autoencoder (32x32x3 image -> 8x8x48 latent);
 - transformer: the ``demo`` preset (:func:`sanakit.presets.demo`), patch 1;
-- the ``RunConfig`` as a plain dict, written as TOML (:func:`to_toml`) and read back through the
-  strict loader, so ``DIR/config.toml`` is exactly what ran.
+- the ``RunConfig`` as a plain dict, written as TOML (:func:`sanakit.tomlwriter.dumps`) and
+  read back through the strict loader, so ``DIR/config.toml`` is exactly what ran.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sanakit.demo.shapes import BACKGROUNDS, COLORS, SHAPES, caption
-from sanakit.errors import SanakitError
 
 # A short complex human instruction: the real prefix path runs, scaled to a 16-token window.
 INSTRUCTION: tuple[str, ...] = (
@@ -69,45 +65,3 @@ def build_text_encoder(folder: Path, captions: list[str], stack: TextStack, seed
     save_text_components(folder, tokenizer, model)
     stamp_path.write_text(json.dumps(stamp, indent=2))
     return folder
-
-
-def _toml_value(value: Any, key: str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise SanakitError(f"config key {key}: {value} cannot be written to TOML")
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v, key) for v in value) + "]"
-    raise SanakitError(f"config key {key}: cannot write a {type(value).__name__} to TOML")
-
-
-def _is_table_list(value: Any) -> bool:
-    return (
-        isinstance(value, list | tuple)
-        and bool(value)
-        and all(isinstance(v, Mapping) for v in value)
-    )
-
-
-def to_toml(data: Mapping[str, Any], _prefix: str = "") -> str:
-    """A nested dict of str/int/float/bool/lists as TOML: scalars first, then ``[tables]``
-    and ``[[arrays of tables]]``. ``tomllib.loads(to_toml(d)) == d`` (tuples become lists)."""
-    lines: list[str] = []
-    tables: list[str] = []
-    for key, value in data.items():
-        dotted = f"{_prefix}{key}"
-        if isinstance(value, Mapping):
-            tables.append(f"\n[{dotted}]\n" + to_toml(value, dotted + "."))
-        elif _is_table_list(value):
-            for item in value:
-                tables.append(f"\n[[{dotted}]]\n" + to_toml(item, dotted + "."))
-        elif value is not None:
-            lines.append(f"{key} = {_toml_value(value, dotted)}")
-    body = "\n".join(lines)
-    return body + ("\n" if lines else "") + "".join(tables)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sanakit.compat.st_common import BackendEntry, as_bool, as_str, is_off
+from sanakit.compat.simpletuner.common import BackendEntry, as_bool, as_str, is_off
 from sanakit.errors import SanakitError
 
 _CAPTIONS = {

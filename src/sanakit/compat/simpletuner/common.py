@@ -209,6 +209,61 @@ class PathResolver:
         return ", ".join(str(base / value) for _, base in self.bases)
 
 
+# ----------------------------------------------------------------------------- config.json
+class KeyReader:
+    """The keys of one config.json being mapped into the sanakit tables ``model``/``train``/
+    ``validation``/``output``: the methods the key groups (:mod:`.trainer`, :mod:`.optim`,
+    :mod:`.output`) share. ``resume`` holds ``resume_from_checkpoint`` (a run option)."""
+
+    def __init__(self, file: Path, raw: dict[str, Any], ctx: Context, paths: PathResolver) -> None:
+        self.file, self.raw, self.ctx, self.paths = file, raw, ctx, paths
+        self.used: set[str] = set()
+        self.tables: dict[str, dict[str, Any]] = {
+            "model": {},
+            "train": {},
+            "validation": {},
+            "output": {},
+        }
+        self.resume: str | None = None
+
+    def take(self, key: str) -> Any:
+        """The value of ``key`` (or ABSENT), marking it as handled."""
+        self.used.add(key)
+        return self.raw.get(key, ABSENT)
+
+    def assign(self, target: str, value: Any) -> None:
+        """``assign("train.ema.decay", 0.995)`` sets tables["train"]["ema"]["decay"]."""
+        section, *path = target.split(".")
+        node = self.tables[section]
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+
+    def existing_path(self, key: str, value: Any) -> tuple[str, Path, str]:
+        """``key``'s value as written, the existing file/folder it names and how it was found
+        (:meth:`PathResolver.find`); a one-line error naming the places tried when none."""
+        rel = as_str(self.file, key, value)
+        found = self.paths.find(rel)
+        if found is None:
+            raise SanakitError(
+                f"{self.file}: {key} {rel!r} not found (tried {self.paths.tried(rel)})"
+            )
+        return rel, *found
+
+    def put(self, key: str, target: str, value: Any, note: str = "") -> None:
+        self.assign(target, value)
+        self.ctx.mapped(key, self.raw.get(key, "(not set)"), target, note)
+
+    def direct(self, key: str, target: str, kind: Any, note: str = "") -> Any:
+        """Map ``key`` one to one, converting with ``kind`` (as_int, as_float, ...)."""
+        value = self.take(key)
+        if value is ABSENT:
+            return ABSENT
+        converted = kind(self.file, key, value)
+        self.put(key, target, converted, note)
+        return converted
+
+
 # ----------------------------------------------------------------------------- datasets
 @dataclass
 class BackendEntry:

@@ -22,8 +22,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sanakit.compat.st_captions import captions
-from sanakit.compat.st_common import (
+from sanakit.compat.simpletuner.captions import captions
+from sanakit.compat.simpletuner.common import (
     BackendEntry,
     Context,
     PathResolver,

@@ -21,12 +21,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sanakit.compat.st_common import Context, MappingEntry, PathResolver, normalise_keys
-from sanakit.compat.st_datasets import import_backends
-from sanakit.compat.st_trainer import TrainerKeys
-from sanakit.compat.toml_out import dumps, paths_of
+from sanakit.compat.simpletuner.common import Context, MappingEntry, PathResolver, normalise_keys
+from sanakit.compat.simpletuner.datasets import import_backends
+from sanakit.compat.simpletuner.trainer import TrainerKeys
 from sanakit.config import apply_overrides, load_config_file
 from sanakit.errors import SanakitError
+from sanakit.tomlwriter import dumps, paths_of
 from sanakit.train.config import (
     RunConfig,
     run_config_from_dict,

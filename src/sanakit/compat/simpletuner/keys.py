@@ -7,13 +7,13 @@
 - ``OTHER_OPTIONS``: further documented SimpleTuner options without a sanakit equivalent: off ->
   ignored, on -> unsupported. They are listed so that a real option is told apart from a typo.
 
-The keys that *are* mapped are handled in :mod:`sanakit.compat.st_trainer`,
-:mod:`sanakit.compat.st_datasets` and :mod:`sanakit.compat.st_lycoris`.
+The keys that *are* mapped are handled in :mod:`sanakit.compat.simpletuner.trainer`,
+:mod:`sanakit.compat.simpletuner.datasets` and :mod:`sanakit.compat.simpletuner.lycoris`.
 """
 
 from __future__ import annotations
 
-from sanakit.compat.st_common import words
+from sanakit.compat.simpletuner.common import words
 
 _CACHE = "sanakit always caches latents and text embeddings before training (content-keyed)"
 _NO_QUANT = (

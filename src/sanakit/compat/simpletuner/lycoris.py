@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sanakit.compat.st_common import Context, as_bool, as_float, as_int, is_off
+from sanakit.compat.simpletuner.common import Context, as_bool, as_float, as_int, is_off
 from sanakit.errors import SanakitError
 
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")

@@ -1,17 +1,22 @@
 """config.json keys of the training loop -> ``[train]``: run length, optimizer, learning-rate
 schedule, gradient clipping, timestep shift, EMA, batch size, precision and checkpointing.
-(Functions of :class:`sanakit.compat.st_trainer.TrainerKeys`, split off to keep files short.)
+(Functions of a :class:`~sanakit.compat.simpletuner.common.KeyReader`; see :mod:`.trainer`.)
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sanakit.compat.st_common import ABSENT, as_bool, as_float, as_int, as_str, is_off
+from sanakit.compat.simpletuner.common import (
+    ABSENT,
+    KeyReader,
+    as_bool,
+    as_float,
+    as_int,
+    as_str,
+    is_off,
+)
 from sanakit.errors import SanakitError
-
-if TYPE_CHECKING:
-    from sanakit.compat.st_trainer import TrainerKeys
 
 _PAGED = (
     "the paged variant only moves optimizer state to CPU RAM under memory pressure; sanakit "
@@ -48,7 +53,7 @@ _SHIFT_NOTE = (
 
 
 # ------------------------------------------------------------------ schedule
-def run_length(k: TrainerKeys) -> None:
+def run_length(k: KeyReader) -> None:
     """max_train_steps / num_train_epochs (0 = unset) -> train.max_steps / train.epochs."""
     steps, epochs = k.take("max_train_steps"), k.take("num_train_epochs")
     steps = None if steps is ABSENT or is_off(steps) else as_int(k.file, "max_train_steps", steps)
@@ -81,7 +86,7 @@ def run_length(k: TrainerKeys) -> None:
     )
 
 
-def optimizer(k: TrainerKeys) -> None:
+def optimizer(k: KeyReader) -> None:
     """optimizer (+ SimpleTuner's betas/eps/weight_decay for it), optimizer_config,
     learning_rate, lr_scheduler, lr_warmup_steps, then gradient clipping."""
     name = k.take("optimizer")
@@ -155,7 +160,7 @@ def optimizer(k: TrainerKeys) -> None:
     clip(k)
 
 
-def clip(k: TrainerKeys) -> None:
+def clip(k: KeyReader) -> None:
     """max_grad_norm with grad_clip_method "norm" -> train.grad_clip (global-norm clipping)."""
     norm, method = k.take("max_grad_norm"), k.take("grad_clip_method")
     if norm is ABSENT and method is ABSENT:
@@ -182,7 +187,7 @@ def clip(k: TrainerKeys) -> None:
     )
 
 
-def flow(k: TrainerKeys) -> None:
+def flow(k: KeyReader) -> None:
     """Timestep options: sigma' = s*sigma / (1 + (s-1)*sigma) with s = flow_schedule_shift, or
     s = exp(mu(tokens)) with flow_schedule_auto_shift; uniform sampling."""
     auto = k.take("flow_schedule_auto_shift")
@@ -216,7 +221,7 @@ def flow(k: TrainerKeys) -> None:
             k.ctx.ignored("flow_use_uniform_schedule", uniform, "off: logit-normal")
 
 
-def ema(k: TrainerKeys) -> None:
+def ema(k: KeyReader) -> None:
     """use_ema and its settings -> [train.ema] (shadow <- d*shadow + (1-d)*w)."""
     on = k.take("use_ema")
     on = False if on is ABSENT else as_bool(k.file, "use_ema", on)
@@ -267,7 +272,7 @@ def ema(k: TrainerKeys) -> None:
             )
 
 
-def simple(k: TrainerKeys) -> None:
+def simple(k: KeyReader) -> None:
     """Batch size, accumulation, precision and gradient checkpointing (+ interval)."""
     k.direct("train_batch_size", "train.batch_size", as_int)
     k.direct("gradient_accumulation_steps", "train.gradient_accumulation", as_int)

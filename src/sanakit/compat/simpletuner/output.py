@@ -1,19 +1,22 @@
 """config.json keys of validation and output -> ``[validation]`` and ``[output]``.
-(Functions of :class:`sanakit.compat.st_trainer.TrainerKeys`, split off to keep files short.)
+(Functions of a :class:`~sanakit.compat.simpletuner.common.KeyReader`; see :mod:`.trainer`.)
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from sanakit.compat.st_common import ABSENT, as_bool, as_float, as_int, as_str, is_off
-
-if TYPE_CHECKING:
-    from sanakit.compat.st_trainer import TrainerKeys
+from sanakit.compat.simpletuner.common import (
+    ABSENT,
+    KeyReader,
+    as_bool,
+    as_float,
+    as_int,
+    as_str,
+    is_off,
+)
 
 
 # ------------------------------------------------------------------ validation/output
-def validation(k: TrainerKeys) -> None:
+def validation(k: KeyReader) -> None:
     """validation_* keys and user_prompt_library -> [validation]."""
     prompt = k.take("validation_prompt")
     if prompt is not ABSENT and not is_off(prompt):
@@ -67,9 +70,9 @@ def validation(k: TrainerKeys) -> None:
         k.ctx.ignored("validation_disable", off, "off")
 
 
-def output(k: TrainerKeys) -> None:
+def output(k: KeyReader) -> None:
     """output_dir, checkpoint interval/limit, report_to -> [output]; resume_from_checkpoint
-    is kept as a run option (``TrainerKeys.resume``)."""
+    is kept as a run option (``KeyReader.resume``)."""
     value = k.take("output_dir")
     if value is not ABSENT:
         path, how = k.paths.place(as_str(k.file, "output_dir", value))

@@ -1,5 +1,5 @@
 """SimpleTuner ``config.json`` keys -> sanakit's ``[model]``, ``[train]``, ``[validation]`` and
-``[output]`` tables (the datasets are read by :mod:`sanakit.compat.st_datasets`).
+``[output]`` tables (the datasets are read by :mod:`sanakit.compat.simpletuner.datasets`).
 
 Keys the file leaves out take sanakit's defaults, except where SimpleTuner's default changes what
 is trained: the run length (SimpleTuner: one epoch), ``lora_dropout`` (0.1), the EMA decay
@@ -12,10 +12,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sanakit.compat import st_optim, st_output
-from sanakit.compat.st_common import (
+from sanakit.compat.simpletuner import optim, output
+from sanakit.compat.simpletuner.common import (
     ABSENT,
     Context,
+    KeyReader,
     PathResolver,
     as_float,
     as_int,
@@ -24,8 +25,8 @@ from sanakit.compat.st_common import (
     unknown_key,
     words,
 )
-from sanakit.compat.st_keys import IGNORED, OFF_ONLY, OTHER_OPTIONS
-from sanakit.compat.st_lycoris import import_lycoris
+from sanakit.compat.simpletuner.keys import IGNORED, OFF_ONLY, OTHER_OPTIONS
+from sanakit.compat.simpletuner.lycoris import import_lycoris
 from sanakit.errors import SanakitError
 
 # SimpleTuner's Sana LoRA targets (helpers/models/sana/model.py DEFAULT_LORA_TARGET)
@@ -59,60 +60,14 @@ KNOWN = HANDLED | set(IGNORED) | set(OFF_ONLY) | OTHER_OPTIONS
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class TrainerKeys:
+class TrainerKeys(KeyReader):
     """Reads one config.json; the ``model``/``train``/... dicts are the sanakit tables."""
 
     def __init__(self, file: Path, raw: dict[str, Any], ctx: Context, paths: PathResolver) -> None:
-        self.file, self.raw, self.ctx, self.paths = file, raw, ctx, paths
-        self.used: set[str] = set()
-        self.tables: dict[str, dict[str, Any]] = {
-            "model": {},
-            "train": {},
-            "validation": {},
-            "output": {},
-        }
+        super().__init__(file, raw, ctx, paths)
         self.dataset_defaults: dict[str, Any] = {}
         self.backend_file: Path | None = None
-        self.resume: str | None = None
         self.seed: int | None = None
-
-    # ------------------------------------------------------------------ helpers
-    def take(self, key: str) -> Any:
-        """The value of ``key`` (or ABSENT), marking it as handled."""
-        self.used.add(key)
-        return self.raw.get(key, ABSENT)
-
-    def assign(self, target: str, value: Any) -> None:
-        """``assign("train.ema.decay", 0.995)`` sets tables["train"]["ema"]["decay"]."""
-        section, *path = target.split(".")
-        node = self.tables[section]
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
-
-    def existing_path(self, key: str, value: Any) -> tuple[str, Path, str]:
-        """``key``'s value as written, the existing file/folder it names and how it was found
-        (:meth:`PathResolver.find`); a one-line error naming the places tried when none."""
-        rel = as_str(self.file, key, value)
-        found = self.paths.find(rel)
-        if found is None:
-            raise SanakitError(
-                f"{self.file}: {key} {rel!r} not found (tried {self.paths.tried(rel)})"
-            )
-        return rel, *found
-
-    def put(self, key: str, target: str, value: Any, note: str = "") -> None:
-        self.assign(target, value)
-        self.ctx.mapped(key, self.raw.get(key, "(not set)"), target, note)
-
-    def direct(self, key: str, target: str, kind: Any, note: str = "") -> Any:
-        """Map ``key`` one to one, converting with ``kind`` (as_int, as_float, ...)."""
-        value = self.take(key)
-        if value is ABSENT:
-            return ABSENT
-        converted = kind(self.file, key, value)
-        self.put(key, target, converted, note)
-        return converted
 
     def run(self) -> None:
         for key in self.raw:
@@ -121,13 +76,13 @@ class TrainerKeys:
         self._model()
         self._data_pointers()
         self._method()
-        st_optim.run_length(self)
-        st_optim.optimizer(self)
-        st_optim.flow(self)
-        st_optim.ema(self)
-        st_output.validation(self)
-        st_output.output(self)
-        st_optim.simple(self)
+        optim.run_length(self)
+        optim.optimizer(self)
+        optim.flow(self)
+        optim.ema(self)
+        output.validation(self)
+        output.output(self)
+        optim.simple(self)
         for key in sorted(set(self.raw) - self.used):
             self._table_key(key, self.raw[key])
 
