@@ -126,7 +126,12 @@ class PlainLoop:
             "cpu", dtype=self.dtype or torch.float32, enabled=self.dtype is not None
         ):
             loss, _ = flow_matching_step(
-                self.velocity, batch, self.train, gens, torch.device("cpu")
+                self.velocity,
+                batch,
+                self.train,
+                gens,
+                torch.device("cpu"),
+                timestep_scale=self.model.config.timestep_scale,
             )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)

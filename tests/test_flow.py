@@ -13,6 +13,7 @@ from sanakit.flow import (
     flow_to_trigflow_time,
     flow_velocity_to_trigflow,
     interpolate,
+    model_time,
     sample_training_sigmas,
     time_shift,
     trigflow_to_flow_state,
@@ -118,6 +119,23 @@ def test_sigma_sampling_reproducible_and_rejects_bad_input():
         sample_training_sigmas(4, shift=0.0)
 
 
+def test_model_time_scales_and_quantises():
+    sigma = torch.tensor([0.0, 0.25, 0.9996, 1.0])
+    torch.testing.assert_close(model_time(sigma, 1.0), sigma * 1000)
+    # dense time (Sana-Sprint teacher): the network sees the flow time itself
+    torch.testing.assert_close(model_time(sigma, 0.001), sigma, rtol=1e-6, atol=0)
+    # Flow-DPM-Solver's integer grid, then the scale: floor(1000 sigma) * timestep_scale
+    torch.testing.assert_close(
+        model_time(sigma, 1.0, discrete=True), torch.tensor([0, 250, 999, 1000.0])
+    )
+    torch.testing.assert_close(
+        model_time(sigma, 0.001, discrete=True), torch.tensor([0, 0.25, 0.999, 1.0])
+    )
+    assert model_time(0.5, 2.0) == 1000.0 and model_time(0.0015, 1.0, discrete=True) == 1.0
+    with pytest.raises(SanakitError, match="must be > 0"):
+        time_shift(0.5, 0.0)
+
+
 # --- interpolation, target, loss -----------------------------------------------------------------
 
 
@@ -142,33 +160,31 @@ def test_loss_weights_mask_reduction_by_hand():
     pred = pred.repeat(1, 2, 1, 1)  # (2, 2, 2, 2)
     target = torch.zeros_like(pred)
     # per sample mean of squares: (1 + 4 + 9 + 16) / 4 = 7.5 and 4 / 4 = 1
-    torch.testing.assert_close(
-        flow_matching_loss(pred, target, reduction="none"), torch.tensor([7.5, 1.0])
-    )
-    assert flow_matching_loss(pred, target).item() == pytest.approx((7.5 + 1.0) / 2)
+    loss, per = flow_matching_loss(pred, target)
+    torch.testing.assert_close(per, torch.tensor([7.5, 1.0]))
+    assert loss.item() == pytest.approx((7.5 + 1.0) / 2)
     w = torch.tensor([1.0, 3.0])
-    assert flow_matching_loss(pred, target, weights=w).item() == pytest.approx((7.5 + 3.0) / 4)
+    # sum_b w_b l_b / n (not / sum w: per-dataset weights must not cancel in a one-dataset batch)
+    assert flow_matching_loss(pred, target, weights=w)[0].item() == pytest.approx((7.5 + 3.0) / 2)
     mask = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [1.0, 1.0]]])  # (2, H, W)
     # masked means: (1 + 16) / 2 = 8.5 and (0 + 4) / 2 = 2
-    per = flow_matching_loss(pred, target, mask=mask, reduction="none")
+    per = flow_matching_loss(pred, target, mask=mask)[1]
     torch.testing.assert_close(per, torch.tensor([8.5, 2.0]))
-    torch.testing.assert_close(
-        flow_matching_loss(pred, target, mask=mask.unsqueeze(1), reduction="none"), per
-    )
-    assert flow_matching_loss(pred, target, weights=w, mask=mask).item() == pytest.approx(
-        (8.5 + 3 * 2.0) / 4
+    torch.testing.assert_close(flow_matching_loss(pred, target, mask=mask.unsqueeze(1))[1], per)
+    assert flow_matching_loss(pred, target, weights=w, mask=mask)[0].item() == pytest.approx(
+        (8.5 + 3 * 2.0) / 2
     )
     # a sample with nothing valid contributes nothing
     mask[1] = 0
-    assert flow_matching_loss(pred, target, weights=w, mask=mask).item() == pytest.approx(8.5)
-    with pytest.raises(SanakitError):
-        flow_matching_loss(pred, target, reduction="sum")  # type: ignore[arg-type]
+    assert flow_matching_loss(pred, target, weights=w, mask=mask)[0].item() == pytest.approx(8.5)
+    with pytest.raises(ValueError, match="pred shape"):
+        flow_matching_loss(pred, target[:, :1])
 
 
 def test_loss_is_fp32_and_differentiable():
     pred = (torch.randn(2, 3, 4, 4, generator=_gen(12)) * 3).bfloat16().requires_grad_()
     target = torch.randn(2, 3, 4, 4, generator=_gen(13)).bfloat16()
-    loss = flow_matching_loss(pred, target)
+    loss, _ = flow_matching_loss(pred, target)
     assert loss.dtype == torch.float32
     ref = (pred.float() - target.float()).square().mean()
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)

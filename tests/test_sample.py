@@ -100,7 +100,7 @@ def test_grids_equal_diffusers(steps, shift):
     assert flow_sigmas(steps, shift, "dpm")[-1].item() == 0.0
     torch.testing.assert_close(flow_timesteps(steps, shift, "dpm"), dpm.timesteps.float())
     torch.testing.assert_close(
-        flow_timesteps(steps, shift, "dpm", time_scale=1.0), dpm.timesteps.float() / 1000
+        flow_timesteps(steps, shift, "dpm", timestep_scale=0.001), dpm.timesteps.float() * 0.001
     )
     euler = FlowMatchEulerDiscreteScheduler(shift=shift)
     euler.set_timesteps(steps)

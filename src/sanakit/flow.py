@@ -25,6 +25,7 @@ from sanakit.errors import SanakitError
 T = TypeVar("T", torch.Tensor, float)
 
 SIGMA_METHODS = ("logit_normal", "uniform", "mode")
+NUM_TRAIN_TIMESTEPS = 1000  # Sana's training grid; diffusers' ``num_train_timesteps``
 
 
 def time_shift(sigma: T, shift: float) -> T:
@@ -32,9 +33,30 @@ def time_shift(sigma: T, shift: float) -> T:
 
     This is the SD3 resolution shift (Esser et al. 2024, sec. 5.3.2) used by Sana's ``flow_shift``.
     It maps 0 -> 0 and 1 -> 1, is monotone for ``s > 0`` and is the identity for ``s = 1``.
-    Works on floats and on tensors of any shape (element-wise).
+    Works on floats and on tensors of any shape (element-wise). ``shift`` is validated where it
+    enters (the config sections, the scheduler config, the ``flow_shift`` argument); this guard
+    only stops a caller that bypassed them.
     """
+    if not shift > 0:
+        raise SanakitError(f"flow shift must be > 0, got {shift}; use 1.0 for no shift")
     return shift * sigma / (1.0 + (shift - 1.0) * sigma)
+
+
+def model_time(sigma: T, timestep_scale: float, *, discrete: bool = False) -> T:
+    """The time a Sana network is fed for flow time ``sigma``: ``sigma * 1000 * timestep_scale``.
+
+    The one rule used by training, evaluation, validation, generation and the samplers, as
+    diffusers' ``SanaPipeline`` feeds ``t * transformer.config.timestep_scale`` with
+    ``t = 1000 sigma``. Sana: ``timestep_scale = 1`` (t in [0, 1000]); a dense-time model
+    (Sana-Sprint teacher) has 0.001 and sees ``t = sigma``. Continuous and fp32-exact for training;
+    ``discrete=True`` is Flow-DPM-Solver's integer grid, ``floor(1000 sigma) * timestep_scale``
+    (diffusers' ``DPMSolverMultistepScheduler`` keeps integer timesteps).
+    ``sigma``: a float or a tensor of any shape (element-wise, in its dtype).
+    """
+    t = sigma * NUM_TRAIN_TIMESTEPS
+    if discrete:
+        t = float(math.floor(t)) if isinstance(t, float) else torch.floor(t)
+    return t * timestep_scale
 
 
 def auto_shift(
@@ -59,11 +81,6 @@ def auto_shift(
     slope = (max_shift - base_shift) / (max_tokens - base_tokens)
     mu = base_shift + slope * (num_latent_tokens - base_tokens)
     return math.exp(mu)
-
-
-def _check_shift(shift: float) -> None:
-    if not shift > 0:
-        raise SanakitError(f"flow shift must be > 0, got {shift}; use 1.0 for no shift")
 
 
 def sample_training_sigmas(
@@ -92,7 +109,6 @@ def sample_training_sigmas(
         raise SanakitError(
             f"unknown timestep sampling method {method!r}; use one of {', '.join(SIGMA_METHODS)}"
         )
-    _check_shift(shift)
     rand_device = generator.device if generator is not None else device
     if method == "logit_normal":
         if not std > 0:
@@ -132,23 +148,21 @@ def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 def flow_matching_loss(
     pred: torch.Tensor,
     target: torch.Tensor,
+    *,
     weights: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
-    reduction: Literal["mean", "none"] = "mean",
-) -> torch.Tensor:
-    """Mean squared error of the velocity, computed in fp32.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean squared error of the velocity, computed in fp32: ``(batch loss, per-sample losses)``.
 
     ``pred``, ``target``: ``(B, C, H, W)``. Per sample ``l_b = mean_{c,h,w} (pred - target)^2``;
     with ``mask`` (``(B, 1, H, W)`` or ``(B, H, W)``, 1 = valid) the mean runs over valid elements
-    only: ``l_b = sum(m * d^2) / (C * sum(m))``. ``reduction="none"`` returns ``l``, shape
-    ``(B,)``; ``"mean"`` returns the scalar ``sum_b w_b l_b / sum_b w_b`` (``w = 1`` when
-    ``weights`` is None).
-    A sample whose mask is all zero has ``l_b = 0`` and takes no part in the batch mean.
+    only: ``l_b = sum(m * d^2) / (C * sum(m))``. The batch loss is the scalar
+    ``sum_b w_b l_b / n`` over the n samples with a valid element (``w = 1`` when ``weights``,
+    shape ``(B,)``, is None); a sample whose mask is all zero has ``l_b = 0`` and takes no part in
+    it. Divided by n, not by ``sum_b w_b``: a training batch never mixes datasets, so a weighted
+    mean would cancel a dataset's ``loss_weight`` and ``train.prior_loss_weight``; with ``w = 1``
+    both are the plain mean. Returns ``(scalar, (B,))``.
     """
-    if reduction not in ("mean", "none"):
-        raise SanakitError(
-            f"flow_matching_loss: unknown reduction {reduction!r}; use 'mean' or 'none'"
-        )
     if pred.shape != target.shape:
         raise ValueError(f"pred shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
     sq = (pred.float() - target.float()).square()  # (B, C, H, W)
@@ -164,10 +178,9 @@ def flow_matching_loss(
         count = m.reshape(batch, -1).sum(dim=1)  # (B,) valid elements incl. channels
         per_sample = (sq * m).reshape(batch, -1).sum(dim=1) / count.clamp_min(1.0)
         valid = (count > 0).float()
-    if reduction == "none":
-        return per_sample
     w = valid if weights is None else weights.float().to(sq.device) * valid
-    return (w * per_sample).sum() / w.sum().clamp_min(torch.finfo(torch.float32).tiny)
+    loss = (w * per_sample).sum() / valid.sum().clamp_min(1.0)
+    return loss, per_sample
 
 
 # --- TrigFlow (Sana-Sprint) <-> flow matching ----------------------------------------------------

@@ -9,10 +9,10 @@ guidance scale) on sanakit's own transformer, text encoder and samplers:
 2. resolution binning (optional): ``(H, W)`` → the nearest bucket of Sana's aspect-ratio table for
    ``sample_size * 32`` px (:func:`sanakit.data.buckets.closest_bucket`);
 3. noise ``(N, C, H/32, W/32)`` drawn image by image from ``torch.Generator("cpu").manual_seed(s)``
-   (diffusers' ``randn_tensor`` with a list of generators), so a seed gives the same image as
-   diffusers whatever the batch;
-4. sampling (:mod:`sanakit.sample`); 5. DC-AE decode; 6. bilinear resize + centre crop back to
-   the requested ``(H, W)`` when binned; 7. ``uint8 = round(255 * clamp(x / 2 + 0.5, 0, 1))``.
+   and 4. sampling, both by :func:`sanakit.sampling.sample_latents` (the path validation and the
+   demo share; samplers in :mod:`sanakit.sample`); 5. DC-AE decode; 6. bilinear resize + centre
+   crop back to the requested ``(H, W)`` when binned; 7. :func:`sanakit.sampling.to_pil`,
+   ``uint8 = round(255 * clamp(x / 2 + 0.5, 0, 1))``.
 
 A request is validated by :func:`resolve_plan` from the configs alone, so
 :class:`PipelineSpec` (a folder's config files, no weights) can check a request and estimate its
@@ -22,12 +22,11 @@ memory (:func:`estimate_memory`) before anything is loaded.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -35,59 +34,26 @@ from PIL import Image
 from sanakit.autoencoder import Autoencoder, DCAutoencoder
 from sanakit.data.buckets import closest_bucket
 from sanakit.errors import SanakitError
+from sanakit.flow import NUM_TRAIN_TIMESTEPS
 from sanakit.models import ModelConfig, SanaTransformer, load_transformer
 from sanakit.models.io import read_config, resolve_transformer_dir
-from sanakit.sample import NUM_TRAIN_TIMESTEPS, StepCallback, flow_dpm_solver, flow_euler, scm
+from sanakit.sample import Generators, StepCallback
+from sanakit.sampling import (
+    SAMPLERS,
+    Plan,
+    SamplerName,
+    SamplerSettings,
+    sample_latents,
+    seed_generators,
+    to_pil,
+)
 from sanakit.text import TextEncoder
 
-SamplerName = Literal["dpm", "euler", "scm"]
-SAMPLERS: tuple[str, ...] = ("dpm", "euler", "scm")
 DEFAULT_STEPS: dict[str, int] = {"dpm": 20, "euler": 20, "scm": 2}
 DEFAULT_GUIDANCE = 4.5  # Sana's and Sana-Sprint's default guidance scale
 # diffusers' AutoencoderDC defaults (Sana's f32c32 DC-AE), for vae configs that omit them
 _DC_AE_BLOCK_CHANNELS = (128, 256, 512, 512, 1024, 1024)
 PIPELINE_PARTS: tuple[str, ...] = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-Generators = torch.Generator | Sequence[torch.Generator]
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    """The default sampler of a pipeline and its settings (from ``scheduler_config.json``).
-
-    ``flow_shift`` applies to ``dpm``/``euler``; ``sigma_data``, ``max_timesteps`` (TrigFlow start
-    time) and ``intermediate_timesteps`` (the middle time of 2-step sampling) to ``scm``, whose
-    values default to ``SanaSprintPipeline``'s.
-    """
-
-    sampler: SamplerName = "dpm"
-    flow_shift: float = 1.0
-    sigma_data: float = 0.5
-    max_timesteps: float = 1.5708
-    intermediate_timesteps: float | None = 1.3
-
-    def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise SanakitError(
-                f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}"
-            )
-        if not self.flow_shift > 0:
-            raise SanakitError(f"flow_shift must be > 0, got {self.flow_shift}")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A validated generation request (:meth:`TextToImage.resolve`): sampler, steps, guidance,
-    flow shift (None for scm), whether CFG runs, and the output / sampled (binned) / latent
-    sizes as (height, width)."""
-
-    sampler: SamplerName
-    steps: int
-    guidance_scale: float
-    flow_shift: float | None
-    do_cfg: bool
-    size: tuple[int, int]
-    sample_size: tuple[int, int]
-    latent_size: tuple[int, int]
 
 
 # Scheduler settings our samplers reproduce: (key, diffusers default when absent, required value).
@@ -253,6 +219,25 @@ def _check_pipeline_folder(root: Path) -> None:
             )
 
 
+def read_dc_ae_config(folder: str | Path) -> tuple[int, int]:
+    """``(downsample_factor, decoder_width)`` of a DC-AE folder's ``config.json``: ``2 **
+    (stages - 1)`` and ``decoder_block_out_channels[0]`` (diffusers' defaults when absent)."""
+    vae_file = Path(folder) / "config.json"
+    try:
+        vae = json.loads(vae_file.read_text())
+    except FileNotFoundError as err:
+        raise SanakitError(f"{vae_file}: not found; the vae/ folder needs its config") from err
+    except (OSError, json.JSONDecodeError) as err:
+        raise SanakitError(f"{vae_file}: unreadable JSON ({err})") from err
+    if vae.get("_class_name", "AutoencoderDC") != "AutoencoderDC":
+        raise SanakitError(
+            f"{vae_file}: the autoencoder is a {vae['_class_name']}, not a DC-AE (AutoencoderDC)"
+        )
+    encoder = vae.get("encoder_block_out_channels", _DC_AE_BLOCK_CHANNELS)
+    decoder = vae.get("decoder_block_out_channels", _DC_AE_BLOCK_CHANNELS)
+    return 2 ** (len(encoder) - 1), int(decoder[0])
+
+
 @dataclass(frozen=True)
 class PipelineSpec:
     """What a pipeline folder's config files say, read without loading any weights.
@@ -274,26 +259,14 @@ class PipelineSpec:
         _check_pipeline_folder(root)
         settings = read_scheduler_config(root / "scheduler")
         transformer = read_config(resolve_transformer_dir(root / "transformer"))
-        vae_file = root / "vae" / "config.json"
-        try:
-            vae = json.loads(vae_file.read_text())
-        except FileNotFoundError as err:
-            raise SanakitError(f"{vae_file}: not found; the vae/ folder needs its config") from err
-        except (OSError, json.JSONDecodeError) as err:
-            raise SanakitError(f"{vae_file}: unreadable JSON ({err})") from err
-        if vae.get("_class_name", "AutoencoderDC") != "AutoencoderDC":
-            raise SanakitError(
-                f"{vae_file}: the autoencoder is a {vae['_class_name']}, not a DC-AE (AutoencoderDC)"
-            )
-        encoder = vae.get("encoder_block_out_channels", _DC_AE_BLOCK_CHANNELS)
-        decoder = vae.get("decoder_block_out_channels", _DC_AE_BLOCK_CHANNELS)
+        downsample_factor, decoder_width = read_dc_ae_config(root / "vae")
         weights = sum(
             path.stat().st_size
             for part in ("transformer", "vae", "text_encoder")
             for path in (root / part).glob("*")
             if path.suffix in (".safetensors", ".bin")
         )
-        return cls(transformer, settings, 2 ** (len(encoder) - 1), int(decoder[0]), weights)
+        return cls(transformer, settings, downsample_factor, decoder_width, weights)
 
     @property
     def base_resolution(self) -> int:
@@ -352,35 +325,6 @@ def resize_and_center_crop(images: torch.Tensor, height: int, width: int) -> tor
     images = F.interpolate(images, size=(new_h, new_w), mode="bilinear", align_corners=False)
     top, left = (new_h - height) // 2, (new_w - width) // 2
     return images[:, :, top : top + height, left : left + width]
-
-
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) decoder output in [-1, 1] → RGB images, ``round(255 * clamp(x/2 + 1/2, 0, 1))``
-    computed in numpy float32 after the clamp in the tensor's dtype (as diffusers' processor)."""
-    unit = (images * 0.5 + 0.5).clamp(0, 1)
-    array = unit.cpu().permute(0, 2, 3, 1).float().numpy()  # (B, H, W, 3)
-    pixels = (array * 255).round().astype(np.uint8)
-    return [Image.fromarray(pixel) for pixel in pixels]
-
-
-def seed_generators(seeds: Sequence[int]) -> list[torch.Generator]:
-    """One CPU generator per image: ``torch.Generator("cpu").manual_seed(s)``."""
-    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-
-
-def initial_noise(shape: Sequence[int], generator: Generators) -> torch.Tensor:
-    """Standard normal float32 ``(N, C, h, w)`` on the generators' device.
-
-    A list draws image ``k`` as ``randn((1, C, h, w), generator=generator[k])``; a single
-    generator draws the whole batch at once (diffusers' ``randn_tensor``).
-    """
-    if isinstance(generator, torch.Generator):
-        return torch.randn(tuple(shape), generator=generator, device=generator.device)
-    gens = list(generator)
-    if len(gens) != shape[0]:
-        raise SanakitError(f"got {len(gens)} generators for {shape[0]} images; pass one per image")
-    one = (1, *shape[1:])
-    return torch.cat([torch.randn(one, generator=g, device=g.device) for g in gens])
 
 
 class TextToImage:
@@ -498,19 +442,6 @@ class TextToImage:
                 )
         return seed_generators(seeds)
 
-    def _velocity(self, num_channels: int) -> Callable[..., torch.Tensor]:
-        """The sampler-facing model: casts inputs to the transformer dtype, keeps the first
-        ``num_channels`` output channels (a learned-sigma model predicts 2C)."""
-        model, dtype = self.transformer, self.transformer.dtype
-
-        def velocity(
-            x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, **kwargs: Any
-        ) -> torch.Tensor:
-            v = model(x.to(dtype), t, text.to(dtype), mask, **kwargs)
-            return v[:, :num_channels]
-
-        return velocity
-
     def __call__(
         self,
         prompts: str | Sequence[str],
@@ -567,56 +498,24 @@ class TextToImage:
             flow_shift=flow_shift,
             use_resolution_binning=use_resolution_binning,
         )
-        config = self.transformer.config
-        h, w = plan.latent_size
         generators = self._generators(seed, generator, len(texts), n)
 
         with torch.inference_mode():
             text, mask = self.text_encoder.encode(texts)  # (P, L, D), (P, L)
-            text, mask = text.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
-            device = self.transformer.device
-            text, mask = text.to(device), mask.to(device)
-            noise = initial_noise((len(texts) * n, config.in_channels, h, w), generators)
-            noise = noise.to(device)
-            velocity = self._velocity(config.in_channels)
-            if plan.sampler == "scm":
-                # SanaSprintPipeline: guidance in the text dtype, times guidance_embeds_scale.
-                guidance = torch.full((noise.shape[0],), guidance_scale, dtype=text.dtype)
-                guidance = guidance.to(device) * config.guidance_embeds_scale
-                latents = scm(
-                    velocity,
-                    noise,
-                    text,
-                    mask,
-                    steps=plan.steps,
-                    max_timesteps=self.settings.max_timesteps,
-                    intermediate_timesteps=self.settings.intermediate_timesteps,
-                    sigma_data=self.settings.sigma_data,
-                    guidance=guidance,
-                    generator=generators,
-                    callback=callback,
-                )
-            else:
-                uncond_text = uncond_mask = None
-                if plan.do_cfg:
-                    uncond_text, uncond_mask = self.text_encoder.encode_negative(negatives)
-                    uncond_text = uncond_text.repeat_interleave(n, 0).to(device)
-                    uncond_mask = uncond_mask.repeat_interleave(n, 0).to(device)
-                solver = flow_dpm_solver if plan.sampler == "dpm" else flow_euler
-                latents = solver(
-                    velocity,
-                    noise,
-                    text,
-                    mask,
-                    steps=plan.steps,
-                    shift=plan.flow_shift,
-                    guidance_scale=guidance_scale,
-                    uncond_text=uncond_text,
-                    uncond_mask=uncond_mask,
-                    # SanaPipeline feeds t = 1000 sigma * timestep_scale.
-                    time_scale=NUM_TRAIN_TIMESTEPS * config.timestep_scale,
-                    callback=callback,
-                )
+            cond = (text.repeat_interleave(n, 0), mask.repeat_interleave(n, 0))  # (P n, ...)
+            uncond = None
+            if plan.do_cfg:
+                u_text, u_mask = self.text_encoder.encode_negative(negatives)
+                uncond = (u_text.repeat_interleave(n, 0), u_mask.repeat_interleave(n, 0))
+            latents = sample_latents(
+                self.transformer,
+                cond,
+                uncond,
+                plan,
+                generators,
+                settings=self.settings,
+                callback=callback,
+            )
             images = self.autoencoder.decode(latents)  # (N, 3, H', W') in [-1, 1]
             if plan.sample_size != plan.size:
                 images = resize_and_center_crop(images, *plan.size)

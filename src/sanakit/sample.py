@@ -23,20 +23,22 @@ import numpy as np
 import torch
 
 from sanakit.errors import SanakitError
-from sanakit.flow import flow_velocity_to_trigflow, time_shift, trigflow_to_flow_state
-
-NUM_TRAIN_TIMESTEPS = 1000  # Sana's training grid; diffusers' ``num_train_timesteps``
+from sanakit.flow import (
+    NUM_TRAIN_TIMESTEPS,
+    flow_velocity_to_trigflow,
+    model_time,
+    time_shift,
+    trigflow_to_flow_state,
+)
 
 ModelFn = Callable[..., torch.Tensor]
 StepCallback = Callable[[int, int, torch.Tensor], None]
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
-def _check_steps_shift(steps: int, shift: float) -> None:
+def _check_steps(steps: int) -> None:
     if steps < 1:
         raise SanakitError(f"sampler steps must be >= 1, got {steps}")
-    if not shift > 0:
-        raise SanakitError(f"flow shift must be > 0, got {shift}; use 1.0 for no shift")
 
 
 def _shifted_grid(steps: int, shift: float, kind: str) -> np.ndarray:
@@ -66,7 +68,7 @@ def flow_sigmas(
       (diffusers' ``DPMSolverMultistepScheduler`` with ``use_flow_sigmas`` and
       ``final_sigmas_type="zero"``).
     """
-    _check_steps_shift(steps, shift)
+    _check_steps(steps)
     grid = _shifted_grid(steps, shift, kind)
     return torch.from_numpy(np.concatenate([grid, [0.0]]).astype(np.float32))
 
@@ -75,20 +77,20 @@ def flow_timesteps(
     steps: int,
     shift: float = 1.0,
     kind: Literal["dpm", "euler"] = "dpm",
-    time_scale: float = 1000.0,
+    timestep_scale: float = 1.0,
 ) -> torch.Tensor:
-    """Model times the samplers pass, float32 ``(steps,)``.
+    """Model times the samplers pass, float32 ``(steps,)`` (:func:`sanakit.flow.model_time`).
 
-    * ``"euler"``: ``t_i = sigma_i * time_scale`` (float32 ``sigma_i`` of :func:`flow_sigmas`).
-    * ``"dpm"``: ``t_i = floor(1000 sigma_i) * time_scale / 1000``: diffusers' DPM-Solver keeps
+    * ``"euler"``: ``t_i = 1000 sigma_i * timestep_scale`` (float32 ``sigma_i`` of
+      :func:`flow_sigmas`).
+    * ``"dpm"``: ``t_i = floor(1000 sigma_i) * timestep_scale``: diffusers' DPM-Solver keeps
       integer timesteps on the 1000-step training grid, so the model sees the time quantised.
     """
-    _check_steps_shift(steps, shift)
+    _check_steps(steps)
     if kind == "euler":
-        return flow_sigmas(steps, shift, "euler")[:-1] * time_scale
-    grid = _shifted_grid(steps, shift, kind)
-    ticks = (grid * NUM_TRAIN_TIMESTEPS).astype(np.int64)  # truncation, as diffusers
-    return torch.from_numpy(ticks).float() * (time_scale / NUM_TRAIN_TIMESTEPS)
+        return model_time(flow_sigmas(steps, shift, "euler")[:-1], timestep_scale)
+    grid = torch.from_numpy(_shifted_grid(steps, shift, kind))  # float64, as diffusers
+    return model_time(grid, timestep_scale, discrete=True).float()
 
 
 def _guided_velocity_fn(
@@ -149,18 +151,19 @@ def flow_euler(
     guidance_scale: float = 1.0,
     uncond_text: torch.Tensor | None = None,
     uncond_mask: torch.Tensor | None = None,
-    time_scale: float = 1000.0,
+    timestep_scale: float = 1.0,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Euler on the flow ODE ``dx/dsigma = v``: ``x_{i+1} = x_i + (sigma_{i+1} - sigma_i) v_i``.
 
     ``v_i = v(x_i, t_i)``; ``noise``: ``(B, C, h, w)`` standard normal (the state at ``sigma = 1``).
-    Grid: :func:`flow_sigmas` ``kind="euler"``; model time ``t_i = sigma_i * time_scale``.
+    Grid: :func:`flow_sigmas` ``kind="euler"``; model time ``t_i = 1000 sigma_i * timestep_scale``
+    (:func:`sanakit.flow.model_time`).
     ``callback(i, steps, x)`` runs after every step. Returns the fp32 ``x0`` estimate, shaped
     like ``noise``.
     """
     sigmas = flow_sigmas(steps, shift, "euler").tolist()
-    times = flow_timesteps(steps, shift, "euler", time_scale).tolist()
+    times = flow_timesteps(steps, shift, "euler", timestep_scale).tolist()
     velocity = _guided_velocity_fn(model, text, mask, guidance_scale, uncond_text, uncond_mask)
     x = noise.float()
     for i in range(steps):
@@ -182,7 +185,7 @@ def flow_dpm_solver(
     guidance_scale: float = 1.0,
     uncond_text: torch.Tensor | None = None,
     uncond_mask: torch.Tensor | None = None,
-    time_scale: float = 1000.0,
+    timestep_scale: float = 1.0,
     callback: StepCallback | None = None,
     discrete_timesteps: bool = True,
 ) -> torch.Tensor:
@@ -195,9 +198,9 @@ def flow_dpm_solver(
     * later steps (2M): the same with ``D_i + (D_i - D_{i-1}) / (2 r_i)``, ``r_i = h_{i-1} / h_i``;
     * last step (order 1 into ``sigma = 0``, where ``lambda = inf``): ``x_N = D_{N-1}``.
 
-    Grid: :func:`flow_sigmas` ``kind="dpm"``; model time ``floor(1000 sigma_i) * time_scale / 1000``
+    Grid: :func:`flow_sigmas` ``kind="dpm"``; model time ``floor(1000 sigma_i) * timestep_scale``
     (see :func:`flow_timesteps`) or, with ``discrete_timesteps=False``, the continuous
-    ``sigma_i * time_scale`` (as the official Sana DPM-Solver). Matches diffusers'
+    ``1000 sigma_i * timestep_scale`` (as the official Sana DPM-Solver). Matches diffusers'
     ``DPMSolverMultistepScheduler`` with Sana's config
     (dpmsolver++, order 2, midpoint, lower_order_final, final_sigmas_type "zero", flow sigmas).
     ``noise``: ``(B, C, h, w)``; returns fp32 ``x0``; ``callback(i, steps, x)`` after every step.
@@ -205,9 +208,9 @@ def flow_dpm_solver(
     sigma_grid = flow_sigmas(steps, shift, "dpm")
     sigmas = sigma_grid.double().tolist()
     if discrete_timesteps:
-        times = flow_timesteps(steps, shift, "dpm", time_scale).tolist()
+        times = flow_timesteps(steps, shift, "dpm", timestep_scale).tolist()
     else:
-        times = (sigma_grid[:-1] * time_scale).tolist()
+        times = model_time(sigma_grid[:-1], timestep_scale).tolist()
     velocity = _guided_velocity_fn(model, text, mask, guidance_scale, uncond_text, uncond_mask)
     x = noise.float()
     prev_d: torch.Tensor | None = None
@@ -233,11 +236,16 @@ def flow_dpm_solver(
     return x
 
 
-def _randn(shape: Sequence[int], generator: Generators, device: torch.device) -> torch.Tensor:
-    """Standard normal ``shape`` float32, drawn as diffusers' ``randn_tensor`` does.
+def randn(
+    shape: Sequence[int], generator: Generators, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Standard normal ``shape`` float32, drawn as diffusers' ``randn_tensor`` does: the one
+    seeded-noise function of sampling (initial noise and sCM's fresh noise).
 
-    A list of generators draws sample ``b`` from ``generator[b]``; draws happen on the generator's
-    device and are moved to ``device``; ``None`` uses torch's global generator on ``device``.
+    A list of generators draws sample ``b`` as ``randn((1, ...), generator=generator[b])`` (so a
+    seed gives the same image in any batch; a list of one is used as a single generator); a single
+    generator draws the whole batch at once. Draws happen on the generator's device and are moved
+    to ``device``; ``None`` uses torch's global generator on ``device``.
     """
     if isinstance(generator, Sequence) and not isinstance(generator, torch.Generator):
         gens = list(generator)
@@ -323,7 +331,7 @@ def scm(
         v = model(x_in, s, text, mask, **extra).float()
         f = flow_velocity_to_trigflow(x_in, v, s) * sigma_data
         x0 = torch.cos(t) * x - torch.sin(t) * f
-        z = _randn(x.shape, generator, x.device) * sigma_data
+        z = randn(x.shape, generator, x.device) * sigma_data
         x = torch.cos(t_next) * x0 + torch.sin(t_next) * z
         if callback is not None:
             callback(i, steps, x / sigma_data)

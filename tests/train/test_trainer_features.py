@@ -67,7 +67,9 @@ def test_loss_masks_restrict_the_loss(run_dict, tmp_path) -> None:
 
     def loss_of(b):
         gens = [step_generator(0, 0, 0, i) for i in range(len(b["ids"]))]
-        return flow_matching_step(zero_model, b, trainer.config.train, gens, torch.device("cpu"))[0]
+        return flow_matching_step(
+            zero_model, b, trainer.config.train, gens, torch.device("cpu"), timestep_scale=1.0
+        )[0]
 
     base = loss_of(batch)
     outside = {**batch, "latents": batch["latents"].clone()}

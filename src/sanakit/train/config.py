@@ -233,6 +233,8 @@ class ValidationSection:
     ``prompt_library`` is a JSON file ``{"nickname": "prompt"}`` (SimpleTuner's
     user_prompt_library); nicknames name the image files. ``eval_datasets`` are dataset ids
     held out from training whose loss is measured at the fixed ``eval_sigmas`` with fixed noise.
+    ``flow_shift`` (default: the training shift, with ``train.auto_shift`` its value at each
+    validation resolution) is also the shift the exported pipeline's scheduler gets.
     """
 
     prompts: tuple[str, ...] = ()
@@ -242,6 +244,7 @@ class ValidationSection:
     steps: int = 20
     guidance: float = 4.5
     negative_prompt: str = ""
+    flow_shift: float | None = None  # default: the training shift (see the class doc)
     resolutions: tuple[str, ...] = ("1024x1024",)
     seed: int = 0
     eval_datasets: tuple[str, ...] = ()
@@ -254,6 +257,8 @@ class ValidationSection:
             raise ConfigValueError(self, "every_steps", f"must be >= 0, got {self.every_steps}")
         if self.steps < 1:
             raise ConfigValueError(self, "steps", f"must be >= 1, got {self.steps}")
+        if self.flow_shift is not None and not self.flow_shift > 0:
+            raise ConfigValueError(self, "flow_shift", "must be > 0 (1.0 means no shift)")
         if not all(0.0 < s <= 1.0 for s in self.eval_sigmas):
             raise ConfigValueError(self, "eval_sigmas", "must lie in (0, 1]")
 

@@ -3,7 +3,8 @@
 - full fine-tune: ``OUTPUT/final/`` is a diffusers Sana pipeline folder (``model_index.json``,
   ``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) loadable by
   ``diffusers.SanaPipeline.from_pretrained`` and ``sanakit generate``; the frozen parts are
-  hard-linked (or copied) from the base folders. With EMA, ``OUTPUT/final-ema/`` holds the EMA
+  hard-linked (or copied) from the base folders; the scheduler config gets the flow shift the
+  run validated with (:func:`scheduler_shift`). With EMA, ``OUTPUT/final-ema/`` holds the EMA
   transformer the same way. A run on the pixel-shuffle autoencoder (demo) has no diffusers VAE:
   its ``final/`` holds ``transformer/`` plus ``sanakit.json`` describing the autoencoder.
 - LoRA: ``final/pytorch_lora_weights.safetensors`` (diffusers/PEFT format); LoKr: a LyCORIS
@@ -16,22 +17,25 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sanakit.models import save_transformer
+from sanakit.models import SanaTransformer, save_transformer
+from sanakit.pipeline import read_dc_ae_config
+from sanakit.train.config import RunConfig, parse_resolution
+from sanakit.train.validation import validation_shift
 
 if TYPE_CHECKING:
     from sanakit.train.trainer import Trainer
 
 EXPORT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-# Sana's released scheduler: Flow-DPM-Solver with shift 3 (diffusers' scheduler_config.json).
+# Sana's released scheduler: Flow-DPM-Solver (diffusers' scheduler_config.json); its flow_shift
+# (3.0 in the release) is the one the run validated with (scheduler_shift).
 SCHEDULER_CONFIG = {
     "_class_name": "DPMSolverMultistepScheduler",
     "algorithm_type": "dpmsolver++",
     "final_sigmas_type": "zero",
-    "flow_shift": 3.0,
     "lower_order_final": True,
     "num_train_timesteps": 1000,
     "prediction_type": "flow_prediction",
@@ -66,6 +70,33 @@ def _link_tree(src: Path, dst: Path) -> None:
             shutil.copy2(path, target)
 
 
+# The key that holds the flow shift in each flow scheduler's config (SCMScheduler has none).
+SHIFT_KEYS = {
+    "DPMSolverMultistepScheduler": "flow_shift",
+    "FlowMatchEulerDiscreteScheduler": "shift",
+}
+
+
+def scheduler_shift(config: RunConfig, model: SanaTransformer, downsample_factor: int) -> float:
+    """The flow shift validation samples the first of ``validation.resolutions`` with
+    (:func:`sanakit.train.validation.validation_shift`; the model's native square when there are
+    none), which the exported scheduler config gets so ``sanakit generate`` and diffusers sample
+    as validation did."""
+    v = config.validation
+    if v.resolutions:
+        height, width = parse_resolution(v.resolutions[0])
+    else:
+        height = width = model.config.sample_size * downsample_factor
+    return validation_shift(v, config.train, height, width, downsample_factor)
+
+
+def _write_scheduler(folder: Path, scheduler: dict[str, Any], shift: float) -> None:
+    key = SHIFT_KEYS.get(scheduler.get("_class_name", ""))
+    scheduler = {**scheduler, key: shift} if key else scheduler
+    (folder / "scheduler").mkdir(parents=True, exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
+
+
 def write_pipeline(
     trainer: Trainer, folder: Path, state_dict: dict[str, torch.Tensor] | None = None
 ) -> Path:
@@ -83,13 +114,17 @@ def write_pipeline(
         }
         (folder / "sanakit.json").write_text(json.dumps(info, indent=2))
         return folder
+    vae = Path(m.base) / "vae" if m.base else Path(m.vae)
+    shift = scheduler_shift(trainer.config, model, read_dc_ae_config(vae)[0])
     if m.base:
         base = Path(m.base)
-        for part in ("vae", "text_encoder", "tokenizer", "scheduler"):
+        for part in ("vae", "text_encoder", "tokenizer"):
             _link_tree(base / part, folder / part)
+        scheduler = json.loads((base / "scheduler" / "scheduler_config.json").read_text())
+        _write_scheduler(folder, scheduler, shift)
         shutil.copy2(base / "model_index.json", folder / "model_index.json")
         return folder
-    _link_tree(Path(m.vae), folder / "vae")
+    _link_tree(vae, folder / "vae")
     text = Path(m.text_encoder)
     te_dir, tok_dir = (
         (text / "text_encoder", text / "tokenizer")
@@ -98,10 +133,7 @@ def write_pipeline(
     )
     _link_tree(te_dir, folder / "text_encoder")
     _link_tree(tok_dir, folder / "tokenizer")
-    (folder / "scheduler").mkdir(exist_ok=True)
-    (folder / "scheduler" / "scheduler_config.json").write_text(
-        json.dumps(SCHEDULER_CONFIG, indent=2)
-    )
+    _write_scheduler(folder, SCHEDULER_CONFIG, shift)
     (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
     return folder
 

@@ -1,7 +1,9 @@
 """The flow-matching training objective on a cached batch (Sana §2.4; Lipman et al. 2023).
 
-x_σ = (1 − σ) x0 + σ ε, target v = ε − x0, model time σ·1000, loss = per-sample MSE in fp32
-(masked when the batch has loss masks) weighted by the dataset's loss weight.
+x_σ = (1 − σ) x0 + σ ε, target v = ε − x0, model time σ·1000·``timestep_scale``
+(:func:`sanakit.flow.model_time`, the rule generation uses too), loss = per-sample MSE in fp32
+(masked when the batch has loss masks) weighted by the dataset's loss weight
+(:func:`sanakit.flow.flow_matching_loss`).
 
 Randomness is stateless: the noise and σ of the sample at position ``i`` of the *global*
 micro-batch ``m`` of optimizer step ``s`` come from a generator seeded with (seed, s, m, i). An
@@ -20,12 +22,11 @@ from sanakit.flow import (
     auto_shift,
     flow_matching_loss,
     interpolate,
+    model_time,
     sample_training_sigmas,
     velocity_target,
 )
 from sanakit.train.config import TrainSection
-
-MODEL_TIME_SCALE = 1000.0  # model time = σ · 1000 (diffusers' SanaPipeline timesteps)
 
 
 def step_generator(seed: int, step: int, micro: int, index: int) -> torch.Generator:
@@ -34,11 +35,17 @@ def step_generator(seed: int, step: int, micro: int, index: int) -> torch.Genera
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
 
 
-def batch_shift(train: TrainSection, latents: torch.Tensor) -> float:
-    """The timestep shift for this batch: fixed, or resolution-dependent (auto_shift)."""
+def training_shift(train: TrainSection, latent_size: tuple[int, int]) -> float:
+    """The timestep shift at a latent size ``(h, w)``: ``train.flow_shift`` (default 1), or with
+    ``train.auto_shift`` the resolution-dependent ``auto_shift(h * w)``."""
     if train.auto_shift:
-        return auto_shift(latents.shape[-2] * latents.shape[-1])
+        return auto_shift(latent_size[0] * latent_size[1])
     return train.shift
+
+
+def batch_shift(train: TrainSection, latents: torch.Tensor) -> float:
+    """The timestep shift for a batch of latents ``(B, C, h, w)`` (:func:`training_shift`)."""
+    return training_shift(train, (latents.shape[-2], latents.shape[-1]))
 
 
 def flow_matching_step(
@@ -47,9 +54,11 @@ def flow_matching_step(
     train: TrainSection,
     generators: list[torch.Generator],
     device: torch.device,
+    *,
+    timestep_scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scalar loss, per-sample losses (B,)) for one micro-batch, one generator per sample; the
-    model runs under the caller's autocast."""
+    model (``timestep_scale`` from its config) runs under the caller's autocast."""
     x0 = batch["latents"].to(device, torch.float32)
     shift = batch_shift(train, x0)
     sigmas, noises = [], []
@@ -71,13 +80,12 @@ def flow_matching_step(
     x_t = interpolate(x0, noise, sigma)
     text = batch["text"].to(device)
     text_mask = batch["text_mask"].to(device)
-    pred = model(x_t, sigma * MODEL_TIME_SCALE, text, text_mask)
+    pred = model(x_t, model_time(sigma, timestep_scale), text, text_mask)
     target = velocity_target(x0, noise)
     mask = batch.get("mask")
     mask = mask.to(device) if mask is not None else None
-    weights = batch["loss_weight"].to(device, torch.float32)
-    per_sample = flow_matching_loss(pred.float(), target, mask=mask, reduction="none")
-    loss = (per_sample * weights).sum() / weights.sum().clamp_min(1e-12)
+    weights = batch["loss_weight"].to(device, torch.float32)  # (B,)
+    loss, per_sample = flow_matching_loss(pred, target, weights=weights, mask=mask)
     return loss, per_sample.detach()
 
 
@@ -88,8 +96,11 @@ def eval_loss(
     sigmas: tuple[float, ...],
     seed: int,
     device: torch.device,
+    *,
+    timestep_scale: float,
 ) -> dict[float, torch.Tensor]:
-    """Per-σ summed loss of a held-out batch at fixed σ with noise fixed per sample id."""
+    """Per-σ summed loss of a held-out batch at fixed σ with noise fixed per sample id (model
+    time as in training)."""
     x0 = batch["latents"].to(device, torch.float32)
     text, text_mask = batch["text"].to(device), batch["text_mask"].to(device)
     noise = torch.stack(
@@ -101,10 +112,10 @@ def eval_loss(
     out = {}
     for s in sigmas:
         sigma = torch.full((x0.shape[0],), s, device=device)
-        pred = model(interpolate(x0, noise, sigma), sigma * MODEL_TIME_SCALE, text, text_mask)
-        out[s] = flow_matching_loss(
-            pred.float(), velocity_target(x0, noise), reduction="none"
-        ).sum()
+        pred = model(
+            interpolate(x0, noise, sigma), model_time(sigma, timestep_scale), text, text_mask
+        )
+        out[s] = flow_matching_loss(pred, velocity_target(x0, noise))[1].sum()
     return out
 
 

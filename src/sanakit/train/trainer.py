@@ -229,7 +229,14 @@ class Trainer:
             step_generator(self.config.train.seed, self.step, micro, first + i) for i in range(size)
         ]
         with self.accelerator.autocast():
-            return flow_matching_step(self.ddp_model, batch, self.config.train, gens, self.device)
+            return flow_matching_step(
+                self.ddp_model,
+                batch,
+                self.config.train,
+                gens,
+                self.device,
+                timestep_scale=self.model.config.timestep_scale,
+            )
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer step over ``gradient_accumulation`` micro-batches."""
@@ -413,8 +420,7 @@ class Trainer:
             )
             model = self.accelerator.unwrap_model(self.ddp_model)
             out = self.out / "validation" / f"step-{self.step:08d}"
-            shift = cfg.train.shift if not cfg.train.auto_shift else 1.0
-            kw = dict(shift=shift, device=self.device, autocast_dtype=self.autocast_dtype)
+            kw = dict(train=cfg.train, autocast_dtype=self.autocast_dtype)
             _, grid = run_validation(model, self.autoencoder(), embeds, cfg.validation, out, **kw)
             self._log_image("validation", grid)
             if self.ema is not None:
@@ -447,7 +453,12 @@ class Trainer:
                 batch = next(loader)
                 with self.accelerator.autocast():
                     for s, v in eval_loss(
-                        model, batch, cfg.validation.eval_sigmas, cfg.train.seed, self.device
+                        model,
+                        batch,
+                        cfg.validation.eval_sigmas,
+                        cfg.train.seed,
+                        self.device,
+                        timestep_scale=model.config.timestep_scale,
                     ).items():
                         sums[s] += float(v)
                 count += len(batch["ids"])

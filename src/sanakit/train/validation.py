@@ -1,6 +1,11 @@
 """Validation during training: sample the prompt library at each resolution with fixed seeds
 (DPM-Solver or Euler, CFG against the empty prompt) and save PNGs plus a labelled grid.
 
+Sampling goes through :func:`sanakit.sampling.sample_latents`, the path ``sanakit generate``
+uses, with the same model time, noise and rounding; the flow shift is
+``[validation] flow_shift``, by default the training shift at the validation resolution
+(:func:`validation_shift`), which the export writes into the pipeline's scheduler config.
+
 Prompt embeddings are computed once and stored in the cache folder keyed by the text-encoder
 fingerprint, so a resumed run (or one whose cache is complete) needs no text encoder.
 """
@@ -20,9 +25,12 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
 
 from sanakit.autoencoder import Autoencoder
-from sanakit.sample import StepCallback, flow_dpm_solver, flow_euler
+from sanakit.pipeline import resolve_plan
+from sanakit.sample import StepCallback
+from sanakit.sampling import SamplerSettings, sample_latents, seed_generators, to_pil
 from sanakit.text import TextEncoder
-from sanakit.train.config import ValidationSection, parse_resolution
+from sanakit.train.config import TrainSection, ValidationSection, parse_resolution
+from sanakit.train.objective import training_shift
 
 
 @dataclass
@@ -77,10 +85,20 @@ def prompt_embeddings(
     )
 
 
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) in [-1, 1] -> PIL images (round to nearest uint8)."""
-    arr = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-    return [Image.fromarray(a.permute(1, 2, 0).cpu().numpy()) for a in arr]
+def validation_shift(
+    validation: ValidationSection,
+    train: TrainSection,
+    height: int,
+    width: int,
+    downsample_factor: int,
+) -> float:
+    """The flow shift validation samples ``height x width`` with: ``validation.flow_shift``, else
+    the training shift (``train.flow_shift``, or with ``train.auto_shift`` its value for the
+    latent of this resolution, :func:`sanakit.train.objective.training_shift`)."""
+    if validation.flow_shift is not None:
+        return validation.flow_shift
+    f = downsample_factor
+    return training_shift(train, (height // f, width // f))
 
 
 def labelled_grid(images: list[Image.Image], labels: list[str], columns: int) -> Image.Image:
@@ -112,45 +130,33 @@ def sample_images(
     seed: int,
     sampler: str = "dpm",
     shift: float = 1.0,
-    device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
     callback: StepCallback | None = None,
-) -> torch.Tensor:
-    """(P, 3, H, W) images in [-1, 1], one per prompt, noise from CPU generators seeded ``seed``;
-    ``callback(i, steps, x)`` after every sampler step (progress bars)."""
-    f = autoencoder.downsample_factor
-    channels = autoencoder.latent_channels
-    noise = torch.cat(
-        [
-            torch.randn(
-                (1, channels, height // f, width // f),
-                generator=torch.Generator().manual_seed(seed),
-            )
-            for _ in embeds.prompts
-        ]
-    ).to(device)
-    device_type = torch.device(device).type
-
-    def velocity(x, t, text, mask, guidance=None):
-        with torch.autocast(
-            device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
-        ):
-            return model(x, t, text, mask).float()
-
-    solver = flow_dpm_solver if sampler == "dpm" else flow_euler
-    latents = solver(
-        velocity,
-        noise,
-        embeds.text.to(device),
-        embeds.mask.to(device),
+) -> list[Image.Image]:
+    """One image per prompt of ``embeds`` (the model's config, dtype and device), every prompt
+    from the noise of a CPU generator seeded ``seed``, CFG against the stored negative/empty
+    prompt when ``guidance > 1``; ``callback(i, steps, x)`` after every sampler step."""
+    settings = SamplerSettings(sampler, flow_shift=shift)
+    plan = resolve_plan(
+        model.config,
+        settings,
+        autoencoder.downsample_factor,
+        height=height,
+        width=width,
         steps=steps,
-        shift=shift,
         guidance_scale=guidance,
-        uncond_text=embeds.uncond_text.to(device),
-        uncond_mask=embeds.uncond_mask.to(device),
+        use_resolution_binning=False,
+    )
+    latents = sample_latents(
+        model,
+        (embeds.text, embeds.mask),
+        (embeds.uncond_text, embeds.uncond_mask),
+        plan,
+        seed_generators([seed] * len(embeds.prompts)),
+        autocast_dtype=autocast_dtype,
         callback=callback,
     )
-    return autoencoder.decode(latents.to(autoencoder.device, autoencoder.dtype)).float().cpu()
+    return to_pil(autoencoder.decode(latents))
 
 
 @contextlib.contextmanager
@@ -171,17 +177,20 @@ def run_validation(
     validation: ValidationSection,
     out_dir: Path,
     *,
-    shift: float,
-    device: torch.device | str,
+    train: TrainSection,
     autocast_dtype: torch.dtype | None,
 ) -> tuple[Path, np.ndarray]:
-    """Writes ``out_dir/{nickname}_{W}x{H}.png`` and ``out_dir/grid.png``; returns the grid path
-    and the grid as an (H, W, 3) uint8 array for the logger."""
+    """Writes ``out_dir/{nickname}_{W}x{H}.png`` and ``out_dir/grid.png`` (flow shift:
+    :func:`validation_shift`); returns the grid path and the grid as an (H, W, 3) uint8 array
+    for the logger."""
     out_dir.mkdir(parents=True, exist_ok=True)
     images, labels = [], []
     with eval_mode(model):
         for res in validation.resolutions:
             height, width = parse_resolution(res)
+            shift = validation_shift(
+                validation, train, height, width, autoencoder.downsample_factor
+            )
             batch = sample_images(
                 model,
                 autoencoder,
@@ -193,10 +202,9 @@ def run_validation(
                 seed=validation.seed,
                 sampler=validation.sampler,
                 shift=shift,
-                device=device,
                 autocast_dtype=autocast_dtype,
             )
-            for name, image in zip(embeds.names, to_pil(batch)):
+            for name, image in zip(embeds.names, batch):
                 image.save(out_dir / f"{name}_{width}x{height}.png")
                 images.append(image)
                 labels.append(f"{name} {width}x{height}")

@@ -1,0 +1,182 @@
+"""The one sampling path: conditioning + a resolved plan + per-image generators -> latents.
+
+Generation (:class:`sanakit.pipeline.TextToImage`), validation during training
+(:func:`sanakit.train.validation.sample_images`), the demo and distillation all sample through
+:func:`sample_latents`, so they share
+
+* the seeded noise: ``(N, C, h, w)`` drawn image by image from one CPU generator per image
+  (:func:`sanakit.sample.randn`, diffusers' ``randn_tensor``), so a seed gives the same image as
+  diffusers whatever the batch;
+* the model wrapper (:func:`velocity_model`): inputs cast to the model's dtype, optional
+  autocast, the first ``in_channels`` output channels kept;
+* the model time (:func:`sanakit.flow.model_time`, honouring ``timestep_scale``);
+* and, after decoding, one :func:`to_pil` (diffusers' ``VaeImageProcessor`` rounding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sanakit.errors import SanakitError
+from sanakit.sample import (
+    Generators,
+    ModelFn,
+    StepCallback,
+    flow_dpm_solver,
+    flow_euler,
+    randn,
+    scm,
+)
+
+SamplerName = Literal["dpm", "euler", "scm"]
+SAMPLERS: tuple[str, ...] = ("dpm", "euler", "scm")
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """The default sampler of a pipeline and its settings (from ``scheduler_config.json``).
+
+    ``flow_shift`` applies to ``dpm``/``euler``; ``sigma_data``, ``max_timesteps`` (TrigFlow start
+    time) and ``intermediate_timesteps`` (the middle time of 2-step sampling) to ``scm``, whose
+    values default to ``SanaSprintPipeline``'s.
+    """
+
+    sampler: SamplerName = "dpm"
+    flow_shift: float = 1.0
+    sigma_data: float = 0.5
+    max_timesteps: float = 1.5708
+    intermediate_timesteps: float | None = 1.3
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise SanakitError(
+                f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}"
+            )
+        if not self.flow_shift > 0:
+            raise SanakitError(f"flow_shift must be > 0, got {self.flow_shift}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated sampling request (:func:`sanakit.pipeline.resolve_plan`): sampler, steps,
+    guidance, flow shift (None for scm), whether CFG runs, and the output / sampled (binned) /
+    latent sizes as (height, width)."""
+
+    sampler: SamplerName
+    steps: int
+    guidance_scale: float
+    flow_shift: float | None
+    do_cfg: bool
+    size: tuple[int, int]
+    sample_size: tuple[int, int]
+    latent_size: tuple[int, int]
+
+
+def seed_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per image: ``torch.Generator("cpu").manual_seed(s)``."""
+    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) decoder output in [-1, 1] → RGB images, ``round(255 * clamp(x/2 + 1/2, 0, 1))``
+    with the clamp in the tensor's dtype, then numpy float32 (diffusers' ``VaeImageProcessor``:
+    ``denormalize``, ``pt_to_numpy``, ``numpy_to_pil``), so images equal diffusers' pixel for
+    pixel."""
+    unit = (images * 0.5 + 0.5).clamp(0, 1)
+    array = unit.cpu().permute(0, 2, 3, 1).float().numpy()  # (B, H, W, 3)
+    pixels = (array * 255).round().astype(np.uint8)
+    return [Image.fromarray(pixel) for pixel in pixels]
+
+
+def velocity_model(model: Any, *, autocast_dtype: torch.dtype | None = None) -> ModelFn:
+    """The sampler-facing model of a Sana transformer (anything with ``config``, ``dtype``):
+    casts ``x`` and the text to the model's dtype, runs under ``autocast_dtype`` when given (mixed
+    precision training), and keeps the first ``in_channels`` output channels (a learned-sigma
+    model predicts 2C)."""
+    dtype, channels = model.dtype, model.config.in_channels
+
+    def velocity(
+        x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
+        with torch.autocast(
+            x.device.type,
+            dtype=autocast_dtype or torch.float32,
+            enabled=autocast_dtype is not None,
+        ):
+            v = model(x.to(dtype), t, text.to(dtype), mask, **kwargs)
+        return v[:, :channels]
+
+    return velocity
+
+
+def sample_latents(
+    model: Any,
+    cond: tuple[torch.Tensor, torch.Tensor],
+    uncond: tuple[torch.Tensor, torch.Tensor] | None,
+    plan: Plan,
+    generators: Generators,
+    *,
+    settings: SamplerSettings | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Samples ``N`` latents ``(N, C, h, w)`` fp32 on the model's device.
+
+    Args:
+        model: a Sana transformer (``config``, ``dtype``, ``device``), wrapped by
+            :func:`velocity_model`.
+        cond: text features ``(N, L, D)`` and mask ``(N, L)`` (one row per image).
+        uncond: the negative/empty prompt's ``(N or 1, L, D)``, ``(N or 1, L)``; needed when
+            ``plan.do_cfg``, unused otherwise.
+        plan: sampler, steps, guidance, flow shift and latent size.
+        generators: one CPU generator per image (or a single one for the whole batch).
+        settings: sCM's ``sigma_data`` / ``max_timesteps`` / ``intermediate_timesteps``
+            (default: ``SanaSprintPipeline``'s).
+        autocast_dtype: run the model under autocast in this dtype (None: no autocast).
+        callback: ``callback(step, steps, latents)`` after every sampler step.
+    """
+    config, device = model.config, model.device
+    text, mask = cond[0].to(device), cond[1].to(device)
+    h, w = plan.latent_size
+    noise = randn((text.shape[0], config.in_channels, h, w), generators, device)
+    velocity = velocity_model(model, autocast_dtype=autocast_dtype)
+    if plan.sampler == "scm":
+        s = settings or SamplerSettings("scm")
+        # SanaSprintPipeline: guidance in the text dtype, times guidance_embeds_scale.
+        guidance = torch.full((text.shape[0],), plan.guidance_scale, dtype=text.dtype)
+        return scm(
+            velocity,
+            noise,
+            text,
+            mask,
+            steps=plan.steps,
+            max_timesteps=s.max_timesteps,
+            intermediate_timesteps=s.intermediate_timesteps,
+            sigma_data=s.sigma_data,
+            guidance=guidance.to(device) * config.guidance_embeds_scale,
+            generator=generators,
+            callback=callback,
+        )
+    if plan.do_cfg and uncond is None:
+        raise SanakitError("classifier-free guidance needs the negative/empty prompt's features")
+    u_text, u_mask = (uncond[0].to(device), uncond[1].to(device)) if plan.do_cfg else (None, None)
+    solver = flow_dpm_solver if plan.sampler == "dpm" else flow_euler
+    return solver(
+        velocity,
+        noise,
+        text,
+        mask,
+        steps=plan.steps,
+        shift=plan.flow_shift,
+        guidance_scale=plan.guidance_scale if plan.do_cfg else 1.0,
+        uncond_text=u_text,
+        uncond_mask=u_mask,
+        timestep_scale=config.timestep_scale,
+        callback=callback,
+    )
