@@ -98,7 +98,6 @@ OFF_ONLY: dict[str, tuple[tuple[object, ...], str]] = {
     "evaluation_type": ((), "sanakit's validation has no CLIP-score option; remove it"),
     "eval_steps_interval": ((), "sanakit measures the eval loss every validation.every_steps"),
     "eval_dataset_id": ((), "set validation.eval_datasets in the sanakit config instead"),
-    "init_lokr_norm": ((), "sanakit's [train.lokr] has no init_lokr_norm"),
     "init_lora": ((), "start from an existing adapter is not supported by sanakit train"),
     "lora_init_type": (("default",), "sanakit uses peft's default LoRA init"),
     "use_dora": ((), "sanakit has no DoRA"),

@@ -63,7 +63,6 @@ _OFF_KEYS = {
     "dropout": "LyCORIS LoKr dropout is not supported by sanakit",
     "rank_dropout": "rank dropout is not supported by sanakit",
     "module_dropout": "module dropout is not supported by sanakit",
-    "decompose_both": "sanakit's [train.lokr] has no decompose_both",
     "use_tucker": "Tucker decomposition is not supported by sanakit",
     "use_cp": "Tucker decomposition is not supported by sanakit",
     "use_conv_cp": "Tucker decomposition is not supported by sanakit",
@@ -76,7 +75,8 @@ _OFF_KEYS = {
     "unbalanced_factorization": "sanakit uses LyCORIS' balanced factorization",
     "train_llm_adapter": "not applicable to Sana",
 }
-_KNOWN = {"algo", "factor", "linear_dim", "linear_alpha", "full_matrix", "multiplier"}
+_KNOWN = {"algo", "factor", "linear_dim", "linear_alpha", "full_matrix", "decompose_both"}
+_KNOWN |= {"multiplier"}
 _KNOWN |= {"bypass_mode", "apply_preset", "conv_dim", "conv_alpha", "disable_conv_cp"}
 _KNOWN |= set(_OFF_KEYS)
 _PRESET_KEYS = {"target_module", "module_algo_map", "target_name", "name_algo_map"}
@@ -122,7 +122,7 @@ def import_lycoris(file: Path, ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {"target_modules": list(targets)}
     out["factor"] = _factor(file, raw, overrides, ctx, label)
     uses_conv = any(t in MIX_FFN for t in targets)
-    out["rank"], out["alpha"] = _rank_alpha(file, raw, ctx, label, uses_conv)
+    out |= _shape(file, raw, ctx, label, uses_conv)
     return out
 
 
@@ -157,13 +157,15 @@ def _factor(
     return factor
 
 
-def _rank_alpha(
+def _shape(
     file: Path, raw: dict[str, Any], ctx: Context, label: str, uses_conv: bool
-) -> tuple[int, float]:
-    """linear_dim / linear_alpha / full_matrix -> (rank, alpha) with the same LoKr weights."""
+) -> dict[str, Any]:
+    """linear_dim / linear_alpha / full_matrix / decompose_both -> the ``[train.lokr]`` keys
+    rank, alpha, full_matrix, decompose_both that give the same LoKr weights."""
     dim = as_int(file, "linear_dim", raw.get("linear_dim", 4))
     alpha = as_float(file, "linear_alpha", raw.get("linear_alpha", 1))
     full = as_bool(file, "full_matrix", raw.get("full_matrix", False))
+    both = as_bool(file, "decompose_both", raw.get("decompose_both", False))
     for key in ("conv_dim", "conv_alpha"):
         if key in raw:
             linear = raw.get(key.replace("conv", "linear"), raw[key])
@@ -175,24 +177,36 @@ def _rank_alpha(
                 ctx.unsupported(file, label + key, raw[key], "sanakit uses one rank and alpha")
     if "disable_conv_cp" in raw:
         ctx.ignored(label + "disable_conv_cp", raw["disable_conv_cp"], "Tucker stays off")
-    if full or dim >= FULL_RANK:
-        why = "full_matrix = true" if full else f"linear_dim {dim} >= {FULL_RANK}"
-        note = (
-            f"{why}: both Kronecker factors are full matrices, so LyCORIS fixes the scale to 1 "
-            f"and linear_alpha does nothing; sanakit writes this as rank = alpha = {FULL_RANK}"
-        )
-        for key in ("full_matrix", "linear_dim"):
+    if full:
+        ctx.mapped(label + "full_matrix", raw["full_matrix"], "train.lokr.full_matrix")
+        note = "full_matrix: W1 and W2 are full matrices with the scale fixed to 1 (LyCORIS)"
+        for key in ("linear_dim", "linear_alpha", "decompose_both"):
             if key in raw:
-                ctx.mapped(label + key, raw[key], "train.lokr.rank", note)
-        if "linear_alpha" in raw:
-            ctx.ignored(label + "linear_alpha", raw["linear_alpha"], note)
-        return FULL_RANK, float(FULL_RANK)
+                ctx.ignored(label + key, raw[key], f"does nothing with {note}")
+        return {"full_matrix": True}
     if "full_matrix" in raw:
         ctx.ignored(label + "full_matrix", raw["full_matrix"], "false (the LyCORIS default)")
+    if dim >= FULL_RANK:
+        note = (
+            f"linear_dim {dim} >= {FULL_RANK}: both Kronecker factors are full matrices, so "
+            f"LyCORIS fixes the scale to 1 and linear_alpha does nothing; sanakit writes this as "
+            f"rank = alpha = {FULL_RANK}"
+        )
+        ctx.mapped(label + "linear_dim", raw["linear_dim"], "train.lokr.rank", note)
+        for key in ("linear_alpha", "decompose_both"):
+            if key in raw:
+                ctx.ignored(label + key, raw[key], note)
+        return {"rank": FULL_RANK, "alpha": float(FULL_RANK)}
     for key, target, default in (("linear_dim", "rank", 4), ("linear_alpha", "alpha", 1)):
         note = "" if key in raw else f"SimpleTuner's default {default}"
         ctx.mapped(label + key, raw.get(key, "(not set)"), f"train.lokr.{target}", note)
-    return dim, alpha
+    out: dict[str, Any] = {"rank": dim, "alpha": alpha}
+    if both:
+        ctx.mapped(label + "decompose_both", raw["decompose_both"], "train.lokr.decompose_both")
+        out["decompose_both"] = True
+    elif "decompose_both" in raw:
+        ctx.ignored(label + "decompose_both", raw["decompose_both"], "off (the LyCORIS default)")
+    return out
 
 
 def _preset(

@@ -44,7 +44,7 @@ DATASET_DEFAULTS = (
 HANDLED = words(
     """
     model_family model_flavour pretrained_model_name_or_path model_type lora_type lora_rank
-    lora_alpha lora_dropout lycoris_config max_train_steps num_train_epochs optimizer
+    lora_alpha lora_dropout lycoris_config init_lokr_norm max_train_steps num_train_epochs optimizer
     optimizer_config learning_rate lr_scheduler lr_warmup_steps max_grad_norm grad_clip_method
     flow_schedule_shift flow_schedule_auto_shift flow_use_uniform_schedule use_ema ema_decay
     ema_update_interval ema_cpu_only ema_device ema_validation validation_prompt
@@ -174,7 +174,13 @@ class TrainerKeys(KeyReader):
         kind = "full" if model_type is ABSENT else str(model_type).lower()
         lora_type = self.take("lora_type")
         lora_kind = "standard" if lora_type is ABSENT else str(lora_type).lower()
-        adapter_keys = ("lora_rank", "lora_alpha", "lora_dropout", "lycoris_config")
+        adapter_keys = (
+            "lora_rank",
+            "lora_alpha",
+            "lora_dropout",
+            "lycoris_config",
+            "init_lokr_norm",
+        )
         if kind == "full":
             self.put(
                 "model_type",
@@ -205,8 +211,9 @@ class TrainerKeys(KeyReader):
                 self.ctx.ignored("lora_alpha", None, "null: alpha = rank")
             if self.direct("lora_dropout", "train.lora.dropout", as_float) is ABSENT:
                 self.put("lora_dropout", "train.lora.dropout", 0.1, "SimpleTuner's default 0.1")
-            if self.take("lycoris_config") is not ABSENT:
-                self.ctx.ignored("lycoris_config", self.raw["lycoris_config"], "lora_type standard")
+            for key in ("lycoris_config", "init_lokr_norm"):
+                if self.take(key) is not ABSENT:
+                    self.ctx.ignored(key, self.raw[key], "lora_type standard")
             return
         if lora_kind != "lycoris":
             raise SanakitError(f"{self.file}: lora_type = {lora_type!r}: use standard or lycoris")
@@ -221,6 +228,12 @@ class TrainerKeys(KeyReader):
         _, path, how = self.existing_path("lycoris_config", value)
         self.ctx.mapped("lycoris_config", value, "train.lokr", f"read {how}")
         self.assign("train.lokr", import_lycoris(path, self.ctx))
+        norm = self.take("init_lokr_norm")  # SimpleTuner's perturbed-normal LoKr init
+        if norm is not ABSENT and not is_off(norm):
+            value = as_float(self.file, "init_lokr_norm", norm)
+            self.put("init_lokr_norm", "train.lokr.init_lokr_norm", value)
+        elif norm is not ABSENT:
+            self.ctx.ignored("init_lokr_norm", norm, "off (SimpleTuner's default)")
 
 
 def _hub_cache(repo_id: str) -> Path | None:
