@@ -277,9 +277,9 @@ def test_lowest_vram_lokr_config(root) -> None:
     assert t.method == "lokr" and t.optimizer == "lion8bit" and t.lr == 2e-5
     assert (t.betas, t.weight_decay, t.batch_size) == ((0.9, 0.99), 0.0, 1)
     # SimpleTuner's Sana example: Attention (factor 2 via module_algo_map); FeedForward is no
-    # Sana class; full_matrix -> full_matrix (linear_dim and linear_alpha then do nothing)
+    # Sana class; full_matrix -> full Kronecker factors (rank = alpha: scale 1)
     assert t.lokr.target_modules == ("to_q", "to_k", "to_v", "to_out.0")
-    assert (t.lokr.factor, t.lokr.full_matrix, t.lokr.rank, t.lokr.alpha) == (2, True, 10000, None)
+    assert (t.lokr.factor, t.lokr.rank, t.lokr.alpha) == (2, 10000, 10000.0)
     notes = {e.key: e.note for e in result.mapping}
     assert "paged" in notes["optimizer"]
     assert "wraps nothing" in notes["lycoris_config.json:apply_preset.target_module[FeedForward]"]
@@ -347,14 +347,25 @@ def test_lycoris_glumbconv_dropped_conv_depth_and_linear_dim(root) -> None:
 def test_standard_lora_uses_simpletuner_targets_and_defaults(root) -> None:
     config = {**MINIMAL, "model_type": "lora", "lora_rank": "32"}
     write_tree(root, config)  # the seed's regularisation set: SimpleTuner's parent-teacher target
-    with pytest.raises(SanakitError, match="is_regularisation_data = True is not supported"):
-        import_config("config/config.json")
+    result = import_config("config/config.json")
+    assert result.config.data.datasets[0].is_regularisation_data
+    assert result.config.train.regularisation_target == "base_model"
+    assert result.config.train.prior_loss_weight == 1.0  # SimpleTuner has no separate weight
+    targets = {e.target for e in result.mapping if e.key.endswith("is_regularisation_data")}
+    assert targets == {"data.datasets[0].is_regularisation_data", "train.regularisation_target"}
+    assert 'regularisation_target = "base_model"' in result.toml()
     backends = json.loads(seed_blocks.MULTIDATABACKEND)
     backends[0].pop("is_regularisation_data")
     write_tree(root, config, backends)
-    lora = import_config("config/config.json").config.train.lora
+    train = import_config("config/config.json").config.train
+    assert train.regularisation_target == "data"
+    lora = train.lora
     assert (lora.rank, lora.alpha, lora.dropout) == (32, None, 0.1)
     assert lora.target_modules == ("to_k", "to_q", "to_v", "to_out.0")
+    backends[0]["is_regularisation_data"] = True
+    backends[0]["disabled"] = True  # a disabled regularisation set changes nothing
+    write_tree(root, config, backends)
+    assert import_config("config/config.json").config.train.regularisation_target == "data"
 
 
 def test_dataset_defaults_megapixels_and_parquet(root) -> None:

@@ -140,6 +140,9 @@ class TrainSection:
     mode_scale: float = 1.29
     flow_shift: float | None = None  # default 1.0; Sana's 1024 px pre-training used 3.0
     auto_shift: bool = False  # resolution-dependent shift from the latent token count
+    # regularisation datasets (is_regularisation_data): DreamBooth prior preservation
+    prior_loss_weight: float = 1.0  # x the per-sample loss of regularisation samples
+    regularisation_target: Literal["data", "base_model"] = "data"  # base_model: adapters only
     ema: EmaSection | None = None
     seed: int = 0
     max_consecutive_nonfinite: int = 5
@@ -179,6 +182,17 @@ class TrainSection:
             raise ConfigValueError(self, "flow_shift", "must be > 0")
         if not self.grad_clip >= 0:
             raise ConfigValueError(self, "grad_clip", "must be >= 0 (0 disables clipping)")
+        if not (self.prior_loss_weight >= 0 and math.isfinite(self.prior_loss_weight)):
+            raise ConfigValueError(
+                self, "prior_loss_weight", f"must be >= 0, got {self.prior_loss_weight}"
+            )
+        if self.regularisation_target == "base_model" and self.method == "full":
+            raise ConfigValueError(
+                self,
+                "regularisation_target",
+                "'base_model' needs an adapter to disable (method 'lora' or 'lokr'); a full "
+                "fine-tune has no separate base model: use 'data'",
+            )
         if self.warmup_steps < 0:
             raise ConfigValueError(self, "warmup_steps", "must be >= 0")
         if self.warmup_steps and self.lr_scheduler == "constant":
@@ -309,6 +323,15 @@ class RunConfig:
                 "validation.eval_datasets",
                 "holds out every dataset; nothing left to train on",
             )
+        t = self.train
+        if not any(ds.is_regularisation_data for ds in self.data.active):
+            for key, default in (("prior_loss_weight", 1.0), ("regularisation_target", "data")):
+                if getattr(t, key) != default:
+                    raise ConfigValueError(
+                        self,
+                        f"train.{key}",
+                        "does nothing: no active dataset sets is_regularisation_data = true",
+                    )
 
 
 def parse_resolution(text: str) -> tuple[int, int]:

@@ -13,7 +13,10 @@ uninterrupted one, and N processes with batch B draw what one process with batch
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -27,6 +30,7 @@ from sanakit.flow import (
     velocity_target,
 )
 from sanakit.train.config import TrainSection
+from sanakit.train.regularisation import regularisation_target, sample_weights
 
 
 def step_generator(seed: int, step: int, micro: int, index: int) -> torch.Generator:
@@ -56,9 +60,11 @@ def flow_matching_step(
     device: torch.device,
     *,
     timestep_scale: float,
+    adapter_off: Callable[[], AbstractContextManager[Any]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scalar loss, per-sample losses (B,)) for one micro-batch, one generator per sample; the
-    model (``timestep_scale`` from its config) runs under the caller's autocast."""
+    model (``timestep_scale`` from its config) runs under the caller's autocast. Regularisation
+    samples: :mod:`sanakit.train.regularisation` (``adapter_off``: the adapter's ``disabled``)."""
     x0 = batch["latents"].to(device, torch.float32)
     shift = batch_shift(train, x0)
     sigmas, noises = [], []
@@ -80,11 +86,13 @@ def flow_matching_step(
     x_t = interpolate(x0, noise, sigma)
     text = batch["text"].to(device)
     text_mask = batch["text_mask"].to(device)
-    pred = model(x_t, model_time(sigma, timestep_scale), text, text_mask)
+    predict = functools.partial(model, x_t, model_time(sigma, timestep_scale), text, text_mask)
+    pred = predict()
     target = velocity_target(x0, noise)
+    target = regularisation_target(target, batch, train, predict, adapter_off)
     mask = batch.get("mask")
     mask = mask.to(device) if mask is not None else None
-    weights = batch["loss_weight"].to(device, torch.float32)  # (B,)
+    weights = sample_weights(batch, train, device)  # (B,) loss_weight x prior_loss_weight
     loss, per_sample = flow_matching_loss(pred, target, weights=weights, mask=mask)
     return loss, per_sample.detach()
 

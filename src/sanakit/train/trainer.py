@@ -236,6 +236,7 @@ class Trainer:
                 gens,
                 self.device,
                 timestep_scale=self.model.config.timestep_scale,
+                adapter_off=self.adapter.disabled if self.adapter is not None else None,
             )
 
     def train_step(self) -> dict[str, Any]:

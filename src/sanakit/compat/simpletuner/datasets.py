@@ -250,21 +250,16 @@ def _image_entry(e: BackendEntry, method: str, batch_size: int) -> dict[str, Any
         if key in e.entry:
             value = as_bool(e.file, key, e.entry[key])
             if value and method != "full":
-                e.unsupported(
-                    key,
-                    e.entry[key],
-                    "SimpleTuner trains adapters "
-                    "on regularisation data towards the base model's prediction; "
-                    "sanakit's trainer does not",
+                note = (
+                    "with an adapter SimpleTuner trains these samples towards the base model's "
+                    "prediction (adapter disabled): train.regularisation_target = 'base_model'"
                 )
             else:
-                e.put(
-                    key,
-                    value,
-                    "is_regularisation_data",
-                    "full fine-tune: trained as ordinary "
-                    "data in both (SimpleTuner only logs its loss separately)",
+                note = (
+                    "full fine-tune: trained as ordinary data in both (SimpleTuner only logs "
+                    "its loss separately)"
                 )
+            e.put(key, value, "is_regularisation_data", note)
     for key in ("disabled", "disable"):
         if key in e.entry:
             e.put(key, as_bool(e.file, key, e.entry[key]), "disabled")

@@ -149,6 +149,20 @@ def _check_reported(
             raise SanakitError(f"{file}: {key} was read but not reported (a sanakit bug)")
 
 
+def _base_model_target(data: dict[str, Any], train: dict[str, Any], ctx: Context) -> None:
+    """SimpleTuner trains a LoRA/LyCORIS adapter on regularisation samples towards the base
+    model's prediction with the adapter disabled (its "parent-teacher" regularisation):
+    ``train.regularisation_target = "base_model"`` when an active dataset is one."""
+    for i, ds in enumerate(data["datasets"]):
+        if ds.get("is_regularisation_data") and not ds.get("disabled"):
+            train["regularisation_target"] = "base_model"
+            target = f"data.datasets[{i}].is_regularisation_data"
+            entry = next(e for e in ctx.entries if e.target == target)
+            note = "the target of its samples is the base model's prediction (adapter disabled)"
+            ctx.mapped(entry.key, entry.value, "train.regularisation_target", note)
+            return
+
+
 def import_config(
     config_json_path: str | Path,
     *,
@@ -188,6 +202,8 @@ def import_config(
     )
     if keys.seed is not None:
         data["seed"] = keys.seed
+    if train.get("method", "full") != "full":
+        _base_model_target(data, train, ctx)
     _check_reported(source, raw, keys.backend_file, ctx.entries)
     ctx.raise_unsupported(source)
     tables = {"model": keys.tables["model"], "data": data, **keys.tables}
