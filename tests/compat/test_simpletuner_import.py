@@ -277,9 +277,9 @@ def test_lowest_vram_lokr_config(root) -> None:
     assert t.method == "lokr" and t.optimizer == "lion8bit" and t.lr == 2e-5
     assert (t.betas, t.weight_decay, t.batch_size) == ((0.9, 0.99), 0.0, 1)
     # SimpleTuner's Sana example: Attention (factor 2 via module_algo_map); FeedForward is no
-    # Sana class; full_matrix -> full Kronecker factors (rank = alpha: scale 1)
+    # Sana class; full_matrix -> full_matrix (linear_dim and linear_alpha then do nothing)
     assert t.lokr.target_modules == ("to_q", "to_k", "to_v", "to_out.0")
-    assert (t.lokr.factor, t.lokr.rank, t.lokr.alpha) == (2, 10000, 10000.0)
+    assert (t.lokr.factor, t.lokr.full_matrix, t.lokr.rank, t.lokr.alpha) == (2, True, 10000, None)
     notes = {e.key: e.note for e in result.mapping}
     assert "paged" in notes["optimizer"]
     assert "wraps nothing" in notes["lycoris_config.json:apply_preset.target_module[FeedForward]"]
