@@ -41,18 +41,24 @@ def default_config() -> ModelConfig:
 
 
 def build(
-    impl: str, config: ModelConfig, device: str, dtype: torch.dtype, seed: int = 0
+    impl: str,
+    config: ModelConfig,
+    device: str,
+    dtype: torch.dtype,
+    seed: int = 0,
+    checkpointing: bool = False,
 ) -> torch.nn.Module:
     from diffusers import SanaTransformer2DModel
 
     torch.manual_seed(seed)
     ours = SanaTransformer(config)
+    ours.set_gradient_checkpointing(checkpointing)
     if impl == "ours":
         return ours.to(device, dtype)
     kwargs = {k: v for k, v in config.to_diffusers().items() if not k.startswith("_")}
     ref = SanaTransformer2DModel(**kwargs)
     ref.load_state_dict(ours.state_dict(), strict=False)
-    if config.gradient_checkpointing:
+    if checkpointing:
         ref.enable_gradient_checkpointing()
     return ref.to(device, dtype)
 
@@ -120,7 +126,10 @@ def saved_activation_bytes(impl: str, model: torch.nn.Module, batch) -> int:
 
 
 def time_pair(args, config, dtype) -> dict[str, float]:
-    models = {impl: build(impl, config, args.device, dtype) for impl in ("ours", "diffusers")}
+    models = {
+        impl: build(impl, config, args.device, dtype, checkpointing=args.gradient_checkpointing)
+        for impl in ("ours", "diffusers")
+    }
     batch = inputs(config, args.batch, args.latent, args.text_len, args.device, dtype)
     times: dict[str, list[float]] = {"ours": [], "diffusers": []}
     for _ in range(args.warmup):
@@ -160,7 +169,7 @@ def peak_rss() -> int:
 def peak_memory_child(args, config, dtype, impl: str) -> int:
     """Runs in a fresh process: bytes of peak memory growth of one step after a warm-up step
     (CPU: peak RSS above the RSS before the step, with the kernel's peak mark reset)."""
-    model = build(impl, config, args.device, dtype)
+    model = build(impl, config, args.device, dtype, checkpointing=args.gradient_checkpointing)
     batch = inputs(config, args.batch, args.latent, args.text_len, args.device, dtype)
     if args.device.startswith("cuda"):
         step(impl, model, batch)
@@ -213,8 +222,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = get_preset(args.preset) if args.preset else default_config()
-    if args.gradient_checkpointing:
-        config = config.replace(gradient_checkpointing=True)
     if args.memory_child:
         args.batch = args.batch[0]
         print(peak_memory_child(args, config, DTYPES[args.dtype[0]], args.memory_child))

@@ -131,8 +131,8 @@ def test_autoencoder_change_recomputes_all_latents_only(tmp_path: Path) -> None:
     build_cache(cfg, ae, te, batch_size=2, progress=False)
     assert ae.images == 5 and te.calls == 0
     with pytest.raises(SanakitError, match="built with a different autoencoder"):
-        open_cache(cfg).check_fingerprints(FakeAutoencoder(), te)
-    open_cache(cfg).check_fingerprints(ae, te)
+        open_cache(cfg).check_encoders(FakeAutoencoder(), te)
+    open_cache(cfg).check_encoders(ae, te)
 
 
 def test_interrupted_build_resumes_without_recomputing_shards(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ def test_real_encoders_cache_and_load(tmp_path: Path, text_parts: tuple) -> None
     assert report.cached == 4 and report.encoded == {"latents": 4, "texts": 5}
 
     cache = open_cache(cfg)
-    cache.check_fingerprints(ae, te)
+    cache.check_encoders(ae, te)
     for sample in cache.datasets[0][1]:
         # pixel_shuffle inverts the cached latent back to the image in [-1, 1] exactly
         image = F.pixel_shuffle(cache.reader.get(sample["latent"], "latent")[None], 8)[0]

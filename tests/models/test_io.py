@@ -63,12 +63,22 @@ def test_pipeline_folder_and_dtype(saved, tmp_path) -> None:
     assert torch.equal(loaded.proj_out.weight, model.proj_out.weight.bfloat16())
 
 
-def test_config_overrides(saved) -> None:
+def test_timestep_norm_scale_factor_override(saved) -> None:
     _, folder = saved
-    loaded = load_transformer(
-        folder, gradient_checkpointing=True, gradient_checkpointing_interval=3
-    )
-    assert loaded.gradient_checkpointing and loaded.gradient_checkpointing_interval == 3
+    loaded = load_transformer(folder, timestep_norm_scale_factor=1000.0)
+    assert loaded.config.timestep_norm_scale_factor == 1000.0
+    assert load_transformer(folder).config.timestep_norm_scale_factor == 1.0
+
+
+def test_training_settings_are_not_in_the_saved_config(saved) -> None:
+    model, folder = saved
+    model.set_gradient_checkpointing(True, 2)
+    save_transformer(model, folder)
+    raw = json.loads((folder / "config.json").read_text())
+    assert not [k for k in raw | raw["_sanakit"] if "checkpointing" in k]
+    assert not load_transformer(folder).gradient_checkpointing
+    ref = SanaTransformer2DModel.from_pretrained(folder)  # diffusers takes every key
+    assert ref.config.num_layers == CONFIG.num_layers
 
 
 def test_sanakit_only_fields_survive_a_save(tmp_path) -> None:

@@ -50,11 +50,13 @@ def test_gradient_checkpointing_gives_the_same_gradients(interval: int) -> None:
         torch.testing.assert_close(grads[key], grad, rtol=1e-5, atol=1e-7, msg=key)
 
 
-def test_gradient_checkpointing_from_config() -> None:
-    model = SanaTransformer(
-        CONFIG.replace(gradient_checkpointing=True, gradient_checkpointing_interval=2)
-    )
+def test_gradient_checkpointing_is_a_model_setting_not_config() -> None:
+    model = SanaTransformer(CONFIG)
+    assert not model.gradient_checkpointing  # off until the trainer turns it on
+    model.set_gradient_checkpointing(True, 2)
     assert model.gradient_checkpointing and model.gradient_checkpointing_interval == 2
+    with pytest.raises(TypeError):
+        CONFIG.replace(gradient_checkpointing=True)
 
 
 def test_bf16_model_is_finite_and_close_to_fp32() -> None:

@@ -30,7 +30,15 @@ def fixed_noise_loss(trainer: Trainer) -> float:
     for _ in range(loader.planner.total_batches_per_epoch):
         batch = next(loader)
         total += sum(
-            float(v) for v in eval_loss(model, batch, (0.3, 0.6, 0.9), 0, trainer.device).values()
+            float(v)
+            for v in eval_loss(
+                model,
+                batch,
+                (0.3, 0.6, 0.9),
+                0,
+                trainer.device,
+                timestep_scale=model.config.timestep_scale,
+            ).values()
         )
     return total
 
@@ -135,8 +143,8 @@ def test_nan_guard_skips_steps_then_reloads_with_half_lr(run_dict) -> None:
     trainer = Injected(run_config_from_dict(run_dict))
     trainer.fit()
     # call 4 skipped alone; calls 7, 8, 9 (three in a row) trigger a reload of step-4 and lr / 2
-    assert trainer.recoveries == 1
-    assert trainer.lr_scale == 0.5
+    assert trainer.state.recoveries == 1
+    assert trainer.state.lr_scale == 0.5
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(5e-4)
     assert trainer.step == 8
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
@@ -235,7 +243,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(run_dict, tm
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
     assert (
         json.loads(
-            (tmp_path / "two" / "checkpoints" / "step-00000003" / "trainer.json").read_text()
+            (tmp_path / "two" / "checkpoints" / "step-00000003" / "manifest.json").read_text()
         )["world_size"]
         == 2
     )

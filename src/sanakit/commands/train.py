@@ -112,7 +112,7 @@ def summary(trainer: Trainer, source: str) -> str:
         f"  model   {model}; {trainable / 1e6:.2f}M trainable parameters",
         f"  data    {data}; cache {cfg.data.cache_dir}",
         f"  method  {method}, {t.optimizer} lr {t.learning_rate:g} ({t.lr_scheduler}), {batch}, "
-        f"mixed precision {trainer.accelerator.mixed_precision}{ema}",
+        f"mixed precision {trainer.precision}{ema}",
         f"  steps   {start}to {trainer.max_steps} ({trainer.steps_per_epoch} per epoch)",
         f"  output  {trainer.out} (resolved config: config.json); logs: {logs}",
     ]

@@ -63,12 +63,15 @@ class Cache:
             (cfg, m["samples"]) for cfg, m in zip(data_config.active, manifests)
         ]
 
-    def check_fingerprints(
-        self, autoencoder: AutoencoderLike, text_encoder: TextEncoderLike
-    ) -> None:
+    def check_encoders(self, autoencoder: AutoencoderLike, text_encoder: TextEncoderLike) -> None:
         """Raises :class:`SanakitError` if the cache was built with another autoencoder or text
         encoder (weights, dtype, instruction, max length) than the ones given."""
-        latent_fp, text_fp = fingerprints(autoencoder, text_encoder, self.data_config)
+        self.check_fingerprints(*fingerprints(autoencoder, text_encoder, self.data_config))
+
+    def check_fingerprints(self, latent_fp: str, text_fp: str) -> None:
+        """Raises :class:`SanakitError` if a dataset was cached with other encoder fingerprints
+        (see :func:`~sanakit.data.cache.fingerprints`; the trainer passes recorded ones and
+        loads no encoder)."""
         for m in self.manifests:
             for which, built, now in (
                 ("autoencoder", m["latent_fingerprint"], latent_fp),

@@ -1,7 +1,9 @@
 """`ModelConfig`: the Sana transformer's hyper-parameters.
 
 Field names and defaults are those of diffusers' ``SanaTransformer2DModel`` config, so a
-diffusers ``config.json`` maps onto it one to one; the last four fields are sanakit's own.
+diffusers ``config.json`` maps onto it one to one; the last two fields (``SANAKIT_FIELDS``) are
+sanakit's own numerics, saved under ``_sanakit`` in the same file. Training settings such as
+gradient checkpointing are not architecture and live on the model (``set_gradient_checkpointing``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ _DIFFUSERS_BOOKKEEPING = {
     "_use_default_values",
 }
 _DIFFUSERS_FIXED = {"dropout": 0.0, "norm_elementwise_affine": False}
+# ModelConfig fields diffusers does not know (written under "_sanakit" in config.json).
+SANAKIT_FIELDS = ("linear_attention_eps", "timestep_norm_scale_factor")
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,6 @@ class ModelConfig:
     # sanakit's own fields (not in diffusers' config.json).
     linear_attention_eps: float = 1e-15
     timestep_norm_scale_factor: float = 1.0
-    gradient_checkpointing: bool = False
-    gradient_checkpointing_interval: int = 1
 
     def __post_init__(self) -> None:
         if self.qk_norm not in QK_NORMS:
@@ -75,8 +77,6 @@ class ModelConfig:
                 f"({self.num_cross_attention_heads}*{self.cross_attention_head_dim}) must equal "
                 f"the hidden size {self.hidden_size}"
             )
-        if self.gradient_checkpointing_interval < 1:
-            raise SanakitError("model.gradient_checkpointing_interval must be >= 1")
         if self.hidden_size % 4 != 0 and self.interpolation_scale is not None:
             raise SanakitError("model.interpolation_scale needs a hidden size divisible by 4")
 
@@ -93,15 +93,11 @@ class ModelConfig:
 
     def to_diffusers(self) -> dict[str, Any]:
         """The ``config.json`` dict diffusers' ``SanaTransformer2DModel`` expects."""
-        own = {"linear_attention_eps", "timestep_norm_scale_factor"}
-        own |= {"gradient_checkpointing", "gradient_checkpointing_interval"}
         out: dict[str, Any] = {"_class_name": "SanaTransformer2DModel"}
-        out.update({k: v for k, v in dataclasses.asdict(self).items() if k not in own})
+        out.update({k: v for k, v in dataclasses.asdict(self).items() if k not in SANAKIT_FIELDS})
         out.update(_DIFFUSERS_FIXED)
         # sanakit-only numerics travel in the same file under a private key diffusers ignores.
-        out["_sanakit"] = {
-            k: getattr(self, k) for k in ("linear_attention_eps", "timestep_norm_scale_factor")
-        }
+        out["_sanakit"] = {k: getattr(self, k) for k in SANAKIT_FIELDS}
         return out
 
     @classmethod

@@ -122,8 +122,8 @@ class SanaTransformer(nn.Module):
         self.transformer_blocks = nn.ModuleList(SanaBlock(config) for _ in range(config.num_layers))
         self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
         self.proj_out = nn.Linear(dim, config.patch_size**2 * config.output_channels)
-        self.gradient_checkpointing = config.gradient_checkpointing
-        self.gradient_checkpointing_interval = config.gradient_checkpointing_interval
+        self.gradient_checkpointing = False  # a training setting: set_gradient_checkpointing()
+        self.gradient_checkpointing_interval = 1
         self.reset_parameters()
 
     @torch.no_grad()

@@ -23,6 +23,7 @@ import torch
 
 from sanakit.autoencoder import Autoencoder, load_autoencoder
 from sanakit.data.cache import fingerprints
+from sanakit.data.loader import open_cache
 from sanakit.errors import SanakitError
 from sanakit.models import SanaTransformer, load_transformer
 from sanakit.presets import get_preset
@@ -128,14 +129,18 @@ def build_transformer(
     config: RunConfig, *, latent_channels: int, text_channels: int
 ) -> SanaTransformer:
     """The model to train in fp32 (master weights), with gradient checkpointing as configured."""
+    model = _new_or_loaded_transformer(config, latent_channels, text_channels)
+    t = config.train
+    model.set_gradient_checkpointing(t.gradient_checkpointing, t.gradient_checkpointing_interval)
+    return model
+
+
+def _new_or_loaded_transformer(
+    config: RunConfig, latent_channels: int, text_channels: int
+) -> SanaTransformer:
     m, t = config.model, config.train
     check_model_sources(config)
-    overrides: dict[str, Any] = {
-        "gradient_checkpointing": t.gradient_checkpointing,
-        "gradient_checkpointing_interval": t.gradient_checkpointing_interval,
-    }
-    if m.timestep_norm_scale_factor is not None:
-        overrides["timestep_norm_scale_factor"] = m.timestep_norm_scale_factor
+    scale = m.timestep_norm_scale_factor  # None: the preset's or the saved value
     if m.preset:
         preset = get_preset(m.preset)
         unknown = set(m.preset_overrides or {}) - set(preset.__dataclass_fields__)
@@ -147,11 +152,14 @@ def build_transformer(
             in_channels=latent_channels,
             out_channels=latent_channels,
             caption_channels=text_channels,
-            **overrides,
         )
+        if scale is not None:
+            cfg = cfg.replace(timestep_norm_scale_factor=scale)
         torch.manual_seed(t.seed)
         return SanaTransformer(cfg)
-    model = load_transformer(transformer_source(config), torch_dtype=torch.float32, **overrides)
+    model = load_transformer(
+        transformer_source(config), torch_dtype=torch.float32, timestep_norm_scale_factor=scale
+    )
     if (
         model.config.in_channels != latent_channels
         or model.config.caption_channels != text_channels
@@ -233,6 +241,20 @@ class EncoderMemo:
         except (OSError, json.JSONDecodeError):
             return None
         return memo if memo.get("key") == self.key else None
+
+    def lookup_built(self) -> dict[str, Any] | None:
+        """The memo when the cache of every enabled dataset is complete and was built with the
+        recorded fingerprints (so the encoders need not be loaded), else None."""
+        memo = self.lookup()
+        if memo is None:
+            return None
+        try:
+            open_cache(self.data_config).check_fingerprints(
+                memo["latent_fingerprint"], memo["text_fingerprint"]
+            )
+        except SanakitError:
+            return None
+        return memo
 
     def record(self, autoencoder: Autoencoder, text_encoder: TextEncoder) -> dict[str, Any]:
         latent_fp, text_fp = fingerprints(autoencoder, text_encoder, self.data_config)

@@ -17,17 +17,15 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from sanakit.models import SanaTransformer, save_transformer
 from sanakit.pipeline import read_dc_ae_config
 from sanakit.train.config import RunConfig, parse_resolution
+from sanakit.train.ema import EMA
 from sanakit.train.validation import validation_shift
-
-if TYPE_CHECKING:
-    from sanakit.train.trainer import Trainer
 
 EXPORT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 # Sana's released scheduler: Flow-DPM-Solver (diffusers' scheduler_config.json); its flow_shift
@@ -98,13 +96,15 @@ def _write_scheduler(folder: Path, scheduler: dict[str, Any], shift: float) -> N
 
 
 def write_pipeline(
-    trainer: Trainer, folder: Path, state_dict: dict[str, torch.Tensor] | None = None
+    config: RunConfig,
+    model: SanaTransformer,
+    folder: Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a full pipeline folder whose transformer holds the model (or ``state_dict``)."""
-    m = trainer.config.model
-    dtype = EXPORT_DTYPES[trainer.config.output.export_dtype]
+    m = config.model
+    dtype = EXPORT_DTYPES[config.output.export_dtype]
     folder.mkdir(parents=True, exist_ok=True)
-    model = trainer.accelerator.unwrap_model(trainer.ddp_model)
     save_transformer(model, folder / "transformer", dtype=dtype, state_dict=state_dict)
     if m.autoencoder == "pixel-shuffle":
         info = {
@@ -115,7 +115,7 @@ def write_pipeline(
         (folder / "sanakit.json").write_text(json.dumps(info, indent=2))
         return folder
     vae = Path(m.base) / "vae" if m.base else Path(m.vae)
-    shift = scheduler_shift(trainer.config, model, read_dc_ae_config(vae)[0])
+    shift = scheduler_shift(config, model, read_dc_ae_config(vae)[0])
     if m.base:
         base = Path(m.base)
         for part in ("vae", "text_encoder", "tokenizer"):
@@ -138,20 +138,31 @@ def write_pipeline(
     return folder
 
 
-def export_final(trainer: Trainer) -> Path:
-    """Write ``final/`` (and ``final-ema/``) for the run's method; returns ``final/``."""
-    out = trainer.out
+class SavesAdapter(Protocol):
+    """What the export needs of an adapter handle (:mod:`sanakit.adapters`)."""
+
+    def save(self, folder: Path) -> Any: ...
+
+
+def export_final(
+    config: RunConfig,
+    model: SanaTransformer,
+    *,
+    adapter: SavesAdapter | None = None,
+    ema: EMA | None = None,
+) -> Path:
+    """Write ``final/`` (and ``final-ema/`` with ``ema``) under ``config.output.dir``: the pipeline
+    of ``model``, or only ``adapter`` when given; returns ``final/``."""
+    out = Path(config.output.dir)
     final = out / "final"
-    if trainer.adapter is None:
-        write_pipeline(trainer, final)
-        if trainer.ema is not None:
-            model = trainer.accelerator.unwrap_model(trainer.ddp_model)
-            with trainer.ema.swapped_in(model):
-                write_pipeline(trainer, out / "final-ema")
+    if adapter is None:
+        write_pipeline(config, model, final)
+        if ema is not None:
+            with ema.swapped_in(model):
+                write_pipeline(config, model, out / "final-ema")
         return final
-    trainer.adapter.save(final)
-    if trainer.ema is not None:
-        model = trainer.accelerator.unwrap_model(trainer.ddp_model)
-        with trainer.ema.swapped_in(model):
-            trainer.adapter.save(out / "final-ema")
+    adapter.save(final)
+    if ema is not None:
+        with ema.swapped_in(model):
+            adapter.save(out / "final-ema")
     return final

@@ -10,8 +10,9 @@ Guarantees:
   the last good checkpoint, halves the learning rate and continues, and it stops with a
   diagnosis after ``max_nonfinite_recoveries`` reloads;
 - checkpoints are atomic (see :mod:`sanakit.train.checkpoint`) and hold everything needed for a
-  bit-identical continuation (weights or adapter, EMA, optimizer, LR schedule, loader position,
-  RNG states, counters, the resolved config);
+  bit-identical continuation: the named parts of :meth:`Trainer.parts` (weights or adapter, EMA,
+  optimizer, LR schedule, loader position, RNG states, counters; :mod:`sanakit.train.state`)
+  and the resolved config;
 - a run is never overwritten (an output folder with a checkpoint needs ``resume``), and every
   ``fit()`` logs into its own folder ``OUTPUT/logs/<start time>[-from-step-N]``;
 - the first Ctrl-C checkpoints the current step and stops (:mod:`sanakit.train.interrupt`).
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sanakit.config import to_dict
+from sanakit.config import DataConfig, to_dict
 from sanakit.data import build_cache, make_loader, open_cache
 from sanakit.errors import SanakitError
 from sanakit.hardware import resolve_mixed_precision
@@ -44,7 +45,8 @@ from sanakit.train.export import export_final
 from sanakit.train.interrupt import StopRequest, TrainingInterrupted
 from sanakit.train.objective import eval_loss, flow_matching_step, step_generator
 from sanakit.train.optim import build_optimizer, build_scheduler
-from sanakit.train.state import read_checkpoint, write_checkpoint
+from sanakit.train.state import RNGState, Stateful, TrainState, load_parts, save_parts
+from sanakit.train.tracking import start_trackers
 from sanakit.train.validation import eval_mode, prompt_embeddings, run_validation
 
 log = logging.getLogger("sanakit.train")
@@ -91,14 +93,11 @@ class Trainer:
             key="train.mixed_precision",
         )
         log_with = None if config.output.log_with == "none" else config.output.log_with
-        # accelerate keeps its mixed-precision setting in a process-wide singleton; a second
-        # Trainer in one process (demo, tests, notebooks) must be able to choose its own. The
-        # distributed state (PartialState) is kept.
-        from accelerate.state import AcceleratorState
-
-        AcceleratorState._reset_state(reset_partial_state=False)
+        # accelerate keeps its mixed-precision setting in a process-wide singleton, so the
+        # Trainer does its own autocast (self.autocast) and fp16 loss scaling (self.scaler):
+        # a second Trainer in one process (demo, tests, notebooks) chooses its own precision.
         self.accelerator = Accelerator(
-            mixed_precision=self.precision,
+            mixed_precision="no",
             log_with=log_with,
             project_dir=str(self.out / "logs"),
             cpu=not torch.cuda.is_available(),  # without it a CPU launch is N separate runs
@@ -107,11 +106,8 @@ class Trainer:
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
         self.autocast_dtype = AUTOCAST[self.precision]
-        self.step = 0
-        self.lr_scale = 1.0
-        self.nonfinite_total = 0
-        self.nonfinite_streak = 0
-        self.recoveries = 0
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.state = TrainState()
         self._text_encoder = None
         self._autoencoder = None
         self._prepare_data()
@@ -126,8 +122,8 @@ class Trainer:
         eval_ids = set(cfg.validation.eval_datasets)
         memo = components.EncoderMemo(cfg)
         if self.accelerator.is_main_process:
-            found = memo.lookup()
-            if not (found and self._cache_matches(found)):
+            found = memo.lookup_built()
+            if found is None:
                 self._autoencoder = components.load_frozen_autoencoder(cfg, self.device)
                 self._text_encoder = components.load_text_encoder(cfg, self.device)
                 build_cache(
@@ -156,17 +152,6 @@ class Trainer:
         per_epoch = self.loader.planner.total_batches_per_epoch
         self.steps_per_epoch = max(1, per_epoch // t.gradient_accumulation)
         self.max_steps = t.max_steps or t.epochs * self.steps_per_epoch
-
-    def _cache_matches(self, memo: dict[str, Any]) -> bool:
-        try:
-            cache = open_cache(self.config.data)
-        except SanakitError:
-            return False
-        return all(
-            m["latent_fingerprint"] == memo["latent_fingerprint"]
-            and m["text_fingerprint"] == memo["text_fingerprint"]
-            for m in cache.manifests
-        )
 
     def _build_model(self) -> None:
         cfg, t = self.config, self.config.train
@@ -221,6 +206,16 @@ class Trainer:
             self._autoencoder = components.load_frozen_autoencoder(self.config, self.device)
         return self._autoencoder
 
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken (``self.state.step``)."""
+        return self.state.step
+
+    def autocast(self) -> torch.autocast:
+        """The run's mixed precision (``self.precision``) for the model's forward."""
+        dtype = self.autocast_dtype
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
     # ------------------------------------------------------------------ one step
     def compute_loss(self, batch: dict[str, Any], micro: int) -> tuple[torch.Tensor, torch.Tensor]:
         size = len(batch["ids"])
@@ -228,7 +223,7 @@ class Trainer:
         gens = [
             step_generator(self.config.train.seed, self.step, micro, first + i) for i in range(size)
         ]
-        with self.accelerator.autocast():
+        with self.autocast():
             return flow_matching_step(
                 self.ddp_model,
                 batch,
@@ -252,28 +247,32 @@ class Trainer:
             ctx = self.accelerator.no_sync(self.ddp_model) if not sync else nullcontext()
             with ctx:
                 loss, _ = self.compute_loss(batch, micro)
-                self.accelerator.backward(loss / accum)
+                self.accelerator.backward(self.scaler.scale(loss / accum))
             total += float(loss.detach()) / accum
+        self.scaler.unscale_(self.optimizer)  # fp16: the true gradients, before clipping
         grad_norm = self.accelerator.clip_grad_norm_(self.params, t.grad_clip or math.inf)
-        flag = torch.tensor(
-            [0.0 if math.isfinite(total) and torch.isfinite(grad_norm) else 1.0], device=self.device
-        )
-        finite = float(self.accelerator.reduce(flag, reduction="sum")) == 0.0
+        flags = [not math.isfinite(total), not bool(torch.isfinite(grad_norm))]  # on any process
+        flags = torch.tensor(flags, dtype=torch.float32, device=self.device)
+        bad_loss, bad_grad = (bool(v > 0) for v in self.accelerator.reduce(flags, reduction="sum"))
+        finite, s = not (bad_loss or bad_grad), self.state
         if finite:
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
             self.scheduler.step()
-            self.step += 1
+            s.step += 1
             if self.ema is not None:
-                self.ema.step(self.step)
-            self.nonfinite_streak = 0
+                self.ema.step(s.step)
+            s.nonfinite_streak = 0
+        elif bad_grad and not bad_loss and self.scaler.is_enabled():
+            log.info("step %d: fp16 gradient overflow, loss scale lowered", s.step + 1)
         else:
-            self.nonfinite_total += 1
-            self.nonfinite_streak += 1
+            s.nonfinite_total += 1
+            s.nonfinite_streak += 1
             log.warning(
                 "step %d: non-finite loss/gradient, update skipped (samples: %s)",
-                self.step + 1,
+                s.step + 1,
                 ", ".join(ids[:8]),
             )
+        self.scaler.update()  # fp16: lowers the scale after an overflow, raises it slowly
         self.optimizer.zero_grad(set_to_none=True)
         return {
             "loss": total,
@@ -283,29 +282,29 @@ class Trainer:
         }
 
     def _recover(self) -> None:
-        t = self.config.train
+        t, s = self.config.train, self.state
         latest = self.checkpointer.latest()
         cause = (
             f"the loss was NaN/Inf for {t.max_consecutive_nonfinite} steps in a row; likely causes: a learning "
-            f"rate too high (train.lr = {t.learning_rate * self.lr_scale:g}), fp16 overflow (use bf16), or bad data"
+            f"rate too high (train.lr = {t.learning_rate * s.lr_scale:g}), fp16 overflow (use bf16), or bad data"
         )
         if latest is None:
             raise NonFiniteLossError(
                 f"{cause}; no checkpoint to go back to yet (lower output.checkpoint_every)"
             )
-        if self.recoveries >= t.max_nonfinite_recoveries:
+        if s.recoveries >= t.max_nonfinite_recoveries:
             raise NonFiniteLossError(
-                f"{cause}; gave up after {self.recoveries} reloads with halved learning rates"
+                f"{cause}; gave up after {s.recoveries} reloads with halved learning rates"
             )
-        recoveries, scale = self.recoveries + 1, self.lr_scale * 0.5
+        recoveries, scale = s.recoveries + 1, s.lr_scale * 0.5
         self.load_checkpoint(latest)
-        self.recoveries, self.nonfinite_streak = recoveries, 0
+        s.recoveries, s.nonfinite_streak = recoveries, 0
         self._set_lr_scale(scale)
         log.warning("reloaded %s and halved the learning rate (x%g)", latest.name, scale)
 
     def _set_lr_scale(self, scale: float) -> None:
         """Multiply the schedule's base learning rate by ``scale`` from now on."""
-        self.lr_scale = scale
+        self.state.lr_scale = scale
         base = self.config.train.learning_rate * scale
         self.scheduler.base_lrs = [base] * len(self.scheduler.base_lrs)
         factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
@@ -321,7 +320,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-            log_dir = self._start_trackers()
+            log_dir = start_trackers(self.accelerator, cfg, self.step)
         self.log_dir = log_dir
         bar = tqdm(
             total=self.max_steps,
@@ -333,7 +332,9 @@ class Trainer:
         with StopRequest() as stop, bar:
             self._train_loop(bar, stop)
         self.validate()
-        final = export_final(self) if self.accelerator.is_main_process else None
+        final = None
+        if self.accelerator.is_main_process:
+            final = export_final(cfg, self.model, adapter=self.adapter, ema=self.ema)
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
         return final
@@ -347,7 +348,7 @@ class Trainer:
             stats = self.train_step()
             seen += stats["images"]
             if not stats["finite"]:
-                if self.nonfinite_streak >= cfg.train.max_consecutive_nonfinite:
+                if self.state.nonfinite_streak >= cfg.train.max_consecutive_nonfinite:
                     self._recover()
                     bar.n = self.step
                 self._stop_if_requested(stop)
@@ -393,22 +394,6 @@ class Trainer:
             tracker.finish()  # flush this run's logs; the process is about to exit
         raise TrainingInterrupted(self.step, latest)
 
-    def _start_trackers(self) -> Path | None:
-        """Start TensorBoard/wandb for this ``fit()``; returns its TensorBoard folder."""
-        if self.config.output.log_with == "none":
-            return None
-        folder = _new_log_dir(self.out / "logs", self.step)
-        self.accelerator.trackers = []  # a fit() after a Ctrl-C must not reopen the old folder
-        # accelerate names the TensorBoard folder after the "project"; wandb keeps one project
-        # and gets the folder's name as the run name
-        wandb = self.config.output.log_with == "wandb"
-        self.accelerator.init_trackers(
-            "sanakit" if wandb else folder.name,
-            config=_flat(to_dict(self.config.train)),
-            init_kwargs={"wandb": {"name": folder.name}},
-        )
-        return None if wandb else folder
-
     def on_step_end(self, stats: dict[str, Any]) -> None:
         """Hook for subclasses and tests (called after every finite optimizer step)."""
 
@@ -452,7 +437,7 @@ class Trainer:
         with eval_mode(self.accelerator.unwrap_model(self.ddp_model)) as model:
             for _ in range(loader.planner.total_batches_per_epoch):
                 batch = next(loader)
-                with self.accelerator.autocast():
+                with self.autocast():
                     for s, v in eval_loss(
                         model,
                         batch,
@@ -473,44 +458,47 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ checkpoints
+    def parts(self) -> dict[str, Stateful]:
+        """Everything a bit-identical continuation needs, by name (see :mod:`.state`)."""
+        parts: dict[str, Stateful] = {
+            "weights": self.adapter if self.adapter is not None else self.model,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "loader": self.loader,
+            "trainer": self.state,
+        }
+        if self.ema is not None:
+            parts["ema"] = self.ema
+        if self.scaler.is_enabled():
+            parts["scaler"] = self.scaler
+        parts["rng"] = RNGState(self.rank, self.world)
+        return parts
+
     def save_checkpoint(self) -> Path | None:
-        """Write a checkpoint of the current step (main process); see :mod:`.state`."""
-        return write_checkpoint(self)
+        """Write a checkpoint of the current step (every process calls it; the main process
+        writes and returns the folder)."""
+        extra = {"method": self.config.train.method, "world_size": self.world}
+        folder = save_parts(
+            self.parts(),
+            self.checkpointer,
+            self.step,
+            main=self.accelerator.is_main_process,
+            config=to_dict(self.config),
+            extra=extra,
+        )
+        self.accelerator.wait_for_everyone()
+        return folder
 
     def load_checkpoint(self, folder: Path) -> None:
-        read_checkpoint(self, folder)
+        load_parts(self.parts(), folder)
         log.info("resumed from %s (step %d)", folder, self.step)
 
 
-def _new_log_dir(root: Path, step: int) -> Path:
-    """A log folder no earlier ``fit()`` into ``root`` used: the start time, plus the step a
-    resumed run starts from (TensorBoard shows every folder as its own run)."""
-    name = time.strftime("%Y%m%d-%H%M%S") + (f"-from-step-{step}" if step else "")
-    folder, n = root / name, 1
-    while folder.exists():  # two runs started within one second
-        n += 1
-        folder = root / f"{name}-{n}"
-    return folder
-
-
-def _with_disabled(data, ids: set[str]):
-    import dataclasses
-
+def _with_disabled(data: DataConfig, ids: set[str]) -> DataConfig:
+    """``data`` with the datasets named in ``ids`` disabled."""
     return dataclasses.replace(
         data,
         datasets=tuple(
             dataclasses.replace(d, disabled=True) if d.id in ids else d for d in data.datasets
         ),
     )
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        elif isinstance(v, int | float | str | bool):
-            out[f"{prefix}{k}"] = v
-        else:
-            out[f"{prefix}{k}"] = str(v)
-    return out
