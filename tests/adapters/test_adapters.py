@@ -299,7 +299,11 @@ def test_bf16_base_keeps_fp32_adapter(base, method, tmp_path) -> None:
 
 @pytest.mark.parametrize(
     "targets, match",
-    [(("conv_depth",), "grouped"), (("attn1",), "LinearAttention"), (("to_qq",), "matches no")],
+    [
+        (("conv_depth",), r"^train\.lora\.target_modules: .*conv_depth. is a Conv2d \(grouped\)"),
+        (("attn1",), r"^train\.lora\.target_modules: .*attn1. is a LinearAttention"),
+        (("to_qq",), r"^train\.lora\.target_modules: .to_qq. matches no module"),
+    ],
 )
 def test_bad_targets(base, targets, match) -> None:
     with pytest.raises(SanakitError, match=match):
