@@ -3,13 +3,18 @@ model time training feeds (the same rule as generation, tests/test_sampling.py).
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from sanakit.errors import SanakitError
 from sanakit.flow import auto_shift, sample_training_sigmas
+from sanakit.models import load_transformer
+from sanakit.pipeline import read_scheduler_config
 from sanakit.train import validation as validation_module
 from sanakit.train.config import TrainSection, ValidationSection, run_config_from_dict
+from sanakit.train.export import write_pipeline
 from sanakit.train.objective import eval_loss, step_generator
 from sanakit.train.trainer import Trainer
 from sanakit.train.validation import eval_mode, validation_shift
@@ -59,6 +64,36 @@ def test_trainer_validates_with_the_auto_shift(run_dict, monkeypatch):
     # pixel-shuffle factor 4: a 64x32 (HxW) image is an 16x8 latent
     assert shifts == [auto_shift(16 * 8)] and shifts[0] != 1.0
     assert (trainer.out / "validation" / "step-00000001" / "prompt-00_32x64.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("validation", "train", "expected"),
+    [
+        ({}, {}, 1.0),
+        ({"flow_shift": 2.5}, {"flow_shift": 4.0}, 2.5),
+        ({}, {"flow_shift": 4.0}, 4.0),
+        ({"resolutions": ["512x256", "64x64"]}, {"auto_shift": True}, auto_shift(16 * 8)),
+    ],
+)
+def test_export_scheduler_gets_the_validation_shift(
+    tiny_pipeline_dir, tmp_path, validation, train, expected
+):
+    config = run_config_from_dict(
+        {
+            "model": {"base": str(tiny_pipeline_dir)},
+            "data": {"datasets": [{"id": "x", "path": str(tmp_path)}]},
+            "train": {"max_steps": 1, **train},
+            "validation": validation,
+            "output": {"dir": str(tmp_path / "out"), "export_dtype": "fp32"},
+        }
+    )
+    model = load_transformer(tiny_pipeline_dir / "transformer")
+    folder = write_pipeline(config, model, tmp_path / "final")
+    written = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    base = json.loads((tiny_pipeline_dir / "scheduler" / "scheduler_config.json").read_text())
+    assert base["flow_shift"] == 3.0  # the base's own shift is not what the run validated with
+    assert written == {**base, "flow_shift": pytest.approx(expected)}
+    assert read_scheduler_config(folder / "scheduler").flow_shift == pytest.approx(expected)
 
 
 # --- one model time: training feeds a dense-time model t = sigma -----------------------------------

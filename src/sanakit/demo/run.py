@@ -50,13 +50,7 @@ from sanakit.errors import SanakitError
 from sanakit.train.checkpoint import Checkpointer
 from sanakit.train.config import RunConfig, ValidationSection, load_run_config
 from sanakit.train.trainer import Trainer
-from sanakit.train.validation import (
-    PromptEmbeddings,
-    eval_mode,
-    prompt_embeddings,
-    sample_images,
-    to_pil,
-)
+from sanakit.train.validation import PromptEmbeddings, eval_mode, prompt_embeddings, sample_images
 
 log = logging.getLogger("sanakit.demo")
 
@@ -289,9 +283,9 @@ def _sample(
     seed: int,
     bar: tqdm,
 ) -> list[Image.Image]:
-    """One image per prompt of ``embeds`` (Flow-DPM-Solver + CFG), from noise seeded ``seed``;
-    ``bar`` advances once per sampler step."""
-    batch = sample_images(
+    """One image per prompt of ``embeds`` (Flow-DPM-Solver + CFG, the sampling path of validation
+    and ``sanakit generate``), from noise seeded ``seed``; ``bar`` advances once per step."""
+    return sample_images(
         model,
         trainer.autoencoder(),
         embeds,
@@ -302,11 +296,9 @@ def _sample(
         seed=seed,
         sampler="dpm",
         shift=settings.sample_shift,
-        device=trainer.device,
         autocast_dtype=trainer.autocast_dtype,
         callback=lambda i, steps, x: bar.update(1),
     )
-    return to_pil(batch)
 
 
 @torch.no_grad()
