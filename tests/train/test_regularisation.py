@@ -164,6 +164,14 @@ def test_trainer_trains_regularisation_towards_the_base_model(run_dict, method) 
     loss, per = trainer.compute_loss(batch, 0)
     assert per.min() > 0
     torch.testing.assert_close(loss, 3.0 * per.mean())
+    # an optimizer step through the base-model forward: the adapter is trainable again after it
+    before = [p.detach().clone() for p in trainer.adapter.trainable_parameters()]
+    stats = trainer.train_step()
+    assert stats["finite"] and stats["loss"] > 0
+    after = trainer.adapter.trainable_parameters()
+    assert all(p.requires_grad for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))
+    loss, _ = trainer.compute_loss(batch, 0)
     # the same batch towards its images gives another loss
     data = copy.deepcopy(run_dict)
     data["train"]["regularisation_target"] = "data"
