@@ -34,7 +34,6 @@ from PIL import Image
 from sanakit.autoencoder import Autoencoder, DCAutoencoder
 from sanakit.data.buckets import closest_bucket
 from sanakit.errors import SanakitError
-from sanakit.flow import NUM_TRAIN_TIMESTEPS
 from sanakit.models import ModelConfig, SanaTransformer, load_transformer
 from sanakit.models.io import read_config, resolve_transformer_dir
 from sanakit.sample import Generators, StepCallback
@@ -43,6 +42,7 @@ from sanakit.sampling import (
     Plan,
     SamplerName,
     SamplerSettings,
+    read_scheduler_config,
     sample_latents,
     seed_generators,
     to_pil,
@@ -54,74 +54,6 @@ DEFAULT_GUIDANCE = 4.5  # Sana's and Sana-Sprint's default guidance scale
 # diffusers' AutoencoderDC defaults (Sana's f32c32 DC-AE), for vae configs that omit them
 _DC_AE_BLOCK_CHANNELS = (128, 256, 512, 512, 1024, 1024)
 PIPELINE_PARTS: tuple[str, ...] = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
-
-
-# Scheduler settings our samplers reproduce: (key, diffusers default when absent, required value).
-_FIXED: dict[str, tuple[tuple[str, Any, Any], ...]] = {
-    "DPMSolverMultistepScheduler": (
-        ("use_flow_sigmas", False, True),
-        ("prediction_type", "epsilon", "flow_prediction"),
-        ("algorithm_type", "dpmsolver++", "dpmsolver++"),
-        ("solver_order", 2, 2),
-        ("solver_type", "midpoint", "midpoint"),
-        ("final_sigmas_type", "zero", "zero"),
-        ("thresholding", False, False),
-        ("use_karras_sigmas", False, False),
-        ("use_lu_lambdas", False, False),
-        ("use_exponential_sigmas", False, False),
-        ("use_beta_sigmas", False, False),
-        ("use_dynamic_shifting", False, False),
-        ("num_train_timesteps", 1000, NUM_TRAIN_TIMESTEPS),
-    ),
-    "FlowMatchEulerDiscreteScheduler": (
-        ("use_dynamic_shifting", False, False),
-        ("invert_sigmas", False, False),
-        ("shift_terminal", None, None),
-        ("stochastic_sampling", False, False),
-        ("use_karras_sigmas", False, False),
-        ("use_exponential_sigmas", False, False),
-        ("use_beta_sigmas", False, False),
-        ("num_train_timesteps", 1000, NUM_TRAIN_TIMESTEPS),
-    ),
-    "SCMScheduler": (("prediction_type", "trigflow", "trigflow"),),
-}
-
-
-def read_scheduler_config(path: str | Path) -> SamplerSettings:
-    """Maps a diffusers ``scheduler_config.json`` (or its folder) onto :class:`SamplerSettings`.
-
-    ``DPMSolverMultistepScheduler`` → ``dpm`` + ``flow_shift``; ``FlowMatchEulerDiscreteScheduler``
-    → ``euler`` + ``shift``; ``SCMScheduler`` → ``scm`` + ``sigma_data``. Settings the samplers do
-    not implement (Karras sigmas, dynamic shifting, epsilon prediction, ...) are an error naming
-    the key, never silently ignored.
-    """
-    file = Path(path)
-    if file.is_dir():
-        file = file / "scheduler_config.json"
-    try:
-        config = json.loads(file.read_text())
-    except FileNotFoundError as err:
-        raise SanakitError(f"{file}: scheduler config not found") from err
-    except (OSError, json.JSONDecodeError) as err:
-        raise SanakitError(f"{file}: unreadable scheduler config ({err})") from err
-    name = config.get("_class_name")
-    if name not in _FIXED:
-        raise SanakitError(
-            f"{file}: scheduler {name!r} is not supported; sanakit samples with "
-            f"{', '.join(_FIXED)} settings (pass --sampler to choose one)"
-        )
-    for key, default, required in _FIXED[name]:
-        value = config.get(key, default)
-        if value != required:
-            raise SanakitError(
-                f"{file}: {key}={value!r} is not supported by sanakit's samplers "
-                f"(needs {required!r})"
-            )
-    if name == "DPMSolverMultistepScheduler":
-        return SamplerSettings("dpm", flow_shift=float(config.get("flow_shift", 1.0)))
-    if name == "FlowMatchEulerDiscreteScheduler":
-        return SamplerSettings("euler", flow_shift=float(config.get("shift", 1.0)))
-    return SamplerSettings("scm", sigma_data=float(config.get("sigma_data", 0.5)))
 
 
 def _positive_int(name: str, value: object) -> int:
