@@ -14,6 +14,7 @@ fingerprinted, so a wrong path is one line naming the key, not a loader's traceb
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from sanakit.autoencoder import Autoencoder, load_autoencoder
+from sanakit.config import DataConfig
 from sanakit.data.cache import fingerprints
 from sanakit.data.loader import open_cache
 from sanakit.errors import SanakitError
@@ -271,3 +273,13 @@ class EncoderMemo:
         tmp.write_text(json.dumps(memo, indent=2))
         os.replace(tmp, self.path)
         return memo
+
+
+def with_disabled(data: DataConfig, ids: set[str]) -> DataConfig:
+    """``data`` with the datasets named in ``ids`` disabled (train/eval splits of ``[data]``)."""
+    return dataclasses.replace(
+        data,
+        datasets=tuple(
+            dataclasses.replace(d, disabled=True) if d.id in ids else d for d in data.datasets
+        ),
+    )

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sanakit.config import DataConfig, to_dict
+from sanakit.config import to_dict
 from sanakit.data import build_cache, make_loader, open_cache
 from sanakit.errors import SanakitError
 from sanakit.hardware import resolve_mixed_precision
@@ -140,12 +140,12 @@ class Trainer:
                 )
         self.accelerator.wait_for_everyone()
         self.memo = memo.lookup()
-        train_data = _with_disabled(cfg.data, eval_ids)
+        train_data = components.with_disabled(cfg.data, eval_ids)
         self.loader = make_loader(
             train_data, batch_size=t.batch_size, seed=t.seed, rank=self.rank, world_size=self.world
         )
         self.eval_data = (
-            _with_disabled(cfg.data, {d.id for d in cfg.data.datasets} - eval_ids)
+            components.with_disabled(cfg.data, {d.id for d in cfg.data.datasets} - eval_ids)
             if eval_ids
             else None
         )
@@ -478,13 +478,9 @@ class Trainer:
         """Write a checkpoint of the current step (every process calls it; the main process
         writes and returns the folder)."""
         extra = {"method": self.config.train.method, "world_size": self.world}
+        main, config = self.accelerator.is_main_process, to_dict(self.config)
         folder = save_parts(
-            self.parts(),
-            self.checkpointer,
-            self.step,
-            main=self.accelerator.is_main_process,
-            config=to_dict(self.config),
-            extra=extra,
+            self.parts(), self.checkpointer, self.step, main=main, config=config, extra=extra
         )
         self.accelerator.wait_for_everyone()
         return folder
@@ -492,13 +488,3 @@ class Trainer:
     def load_checkpoint(self, folder: Path) -> None:
         load_parts(self.parts(), folder)
         log.info("resumed from %s (step %d)", folder, self.step)
-
-
-def _with_disabled(data: DataConfig, ids: set[str]) -> DataConfig:
-    """``data`` with the datasets named in ``ids`` disabled."""
-    return dataclasses.replace(
-        data,
-        datasets=tuple(
-            dataclasses.replace(d, disabled=True) if d.id in ids else d for d in data.datasets
-        ),
-    )
