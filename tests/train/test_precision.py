@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 
@@ -30,3 +33,23 @@ def test_trainer_resolves_auto_by_the_cpu(monkeypatch, run_dict, native, precisi
     trainer.model.proj_out.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
     assert trainer.train_step()["finite"]
     assert seen == [dtype or torch.float32]
+
+
+def test_loss_scaler_overflow_skips_the_step_without_counting_it(run_dict):
+    """fp16's loss scaler (GPU only; here its CPU twin): an overflowing gradient skips the update
+    and halves the scale, and is not a NaN step; the scale is a checkpoint part."""
+    run_dict["train"]["max_steps"] = 2
+    trainer = Trainer(run_config_from_dict(run_dict))
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    param = trainer.model.proj_out.weight
+    before = param.detach().clone()
+    hook = param.register_hook(lambda grad: grad * math.inf)  # finite loss, overflowing gradient
+    stats = trainer.train_step()
+    hook.remove()
+    assert not stats["finite"] and math.isfinite(stats["loss"])
+    assert trainer.step == 0 and trainer.state.nonfinite_total == 0
+    assert torch.equal(param, before) and trainer.scaler.get_scale() == 2.0**15
+    assert trainer.train_step()["finite"] and trainer.step == 1
+    assert not torch.equal(param, before)
+    folder = trainer.save_checkpoint()
+    assert json.loads((folder / "scaler.json").read_text())["scale"] == 2.0**15
