@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -235,7 +236,11 @@ class DemoTrainer(Trainer):
             line += f" ({minutes(max(0.0, left))} left of the --minutes budget)"
             if total > left:
                 fits = self.step + max(0, int((left - self.sampling_seconds) / pace.step_seconds))
-                line += f"; training will stop near step {fits}"
+                whole = math.ceil((time.perf_counter() - self.started + total) / 60 + 0.5)
+                line += (
+                    f"; training will stop near step {fits} (fewer steps score lower: run the "
+                    f"same command again to continue, or pass --minutes {whole})"
+                )
         print(line, file=sys.stderr)
         if pace.slowdown() > SLOW_FACTOR:
             print(
