@@ -81,14 +81,18 @@ class Context:
     def ignored(self, key: str, value: Any, reason: str) -> None:
         self.entries.append(MappingEntry(key, value, None, f"ignored: {reason}"))
 
-    def unsupported(self, file: Path, key: str, value: Any, detail: str) -> None:
+    def unsupported(
+        self, file: Path, key: str, value: Any, detail: str, *, subject: str | None = None
+    ) -> None:
         """Drop the key (the import goes on as if it were absent) and record it: as a warning
-        with ``allow_unsupported``, else for the error of :meth:`raise_unsupported`."""
+        with ``allow_unsupported``, else for the error of :meth:`raise_unsupported`. Messages
+        name ``subject`` (default ``key = value``)."""
         self.entries.append(MappingEntry(key, value, None, f"UNSUPPORTED, dropped: {detail}"))
+        subject = subject or f"{key} = {value!r}"
         if self.allow_unsupported:
-            self.warnings.append(f"{key} = {value!r} dropped: {detail}")
+            self.warnings.append(f"{subject} dropped: {detail}")
         else:
-            self.rejected.append((file, f"{key} = {value!r} is not supported: {detail}"))
+            self.rejected.append((file, f"{subject} is not supported: {detail}"))
 
     def raise_unsupported(self, source: Path) -> None:
         """Raise one :class:`SanakitError` naming every unsupported key met (none: return). One

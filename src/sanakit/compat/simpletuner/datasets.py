@@ -109,6 +109,39 @@ _MAPPED = {
     "text_cache_disable",
 }
 KNOWN = _MAPPED | set(_IGNORED) | set(_OFF_ONLY)
+# The keys of SimpleTuner's other backend types (its documentation/DATALOADER.md, "aws" and
+# "csv" sections, and documentation/data_presets/HUGGINGFACE_DATASETS.md). sanakit reads local
+# folders only, so an entry of these types is dropped whole; its keys are real, never typos.
+BACKEND_KEYS: dict[str, frozenset[str]] = {
+    "aws": frozenset(
+        {
+            "aws_bucket_name",
+            "aws_region_name",
+            "aws_endpoint_url",
+            "aws_access_key_id",
+            "aws_secret_access_key",
+            "aws_data_prefix",
+            "aws_max_pool_connections",
+        }
+    ),
+    "csv": frozenset({"csv_file", "csv_cache_dir", "csv_caption_column", "csv_url_column"}),
+    "huggingface": frozenset(
+        {
+            "dataset_name",
+            "split",
+            "revision",
+            "image_column",
+            "caption_column",
+            "video_column",
+            "streaming",
+            "huggingface",
+        }
+    ),
+}
+_OTHER_SOURCES = (
+    "sanakit reads local folders here; for other sources write a sanakit [[data.datasets]] "
+    "(manifest/hf/webdataset)"
+)
 _CACHE_KEYS = ("cache_dir", "default", "write_batch_size", "text_encoder_batch_size")
 _CACHE_KEYS += ("text_cache_ondemand", "text_cache_disable")
 _SIZES = ("minimum_image_size", "maximum_image_size", "target_downsample_size")
@@ -138,11 +171,7 @@ def import_backends(
     caches: list[Path] = []
     for i, entry in enumerate(backends):
         label = f"{file.name}[{i}]"
-        for key in entry:
-            if key not in KNOWN:
-                near = difflib.get_close_matches(key, sorted(KNOWN), n=1, cutoff=0.6)
-                hint = f"did you mean {near[0]!r}?" if near else "see docs/simpletuner.md"
-                raise SanakitError(f"{file}: unknown key {label}.{key}; {hint}")
+        _check_keys(file, label, entry)
         kind = entry.get("dataset_type", "image")
         if kind in ("text_embeds", "image_embeds"):
             caches += _cache_entry(file, label, entry, kind, ctx, paths)
@@ -165,6 +194,32 @@ def import_backends(
     return {"datasets": datasets, "cache_dir": str(_one_cache_dir(caches, paths))}
 
 
+def _check_keys(file: Path, label: str, entry: dict[str, Any]) -> None:
+    """A key that is neither a known option nor one of the entry's backend type is a typo."""
+    backend = entry.get("type", "local")
+    known = KNOWN | BACKEND_KEYS.get(backend, frozenset())
+    if backend != "local" and backend not in BACKEND_KEYS:
+        return  # a backend type sanakit does not know: the whole entry is dropped anyway
+    for key in entry:
+        if key in known:
+            continue
+        owner = [name for name, keys in BACKEND_KEYS.items() if key in keys]
+        if owner:
+            raise SanakitError(
+                f"{file}: {label}.{key} is a key of type {owner[0]!r} backends, but this entry "
+                f"has type {backend!r}"
+            )
+        near = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]!r}?" if near else "see docs/simpletuner.md"
+        raise SanakitError(f"{file}: unknown key {label}.{key}; {hint}")
+
+
+def _backend_subject(label: str, entry: dict[str, Any]) -> str:
+    """``multidatabackend.json[1] (id 'remote'): type 'aws'``: one backend, named in messages."""
+    name = f" (id {entry['id']!r})" if "id" in entry else ""
+    return f"{label}{name}: type {entry.get('type')!r}"
+
+
 def _one_cache_dir(caches: list[Path], paths: PathResolver) -> Path:
     """``sanakit`` inside the common parent of SimpleTuner's cache folders (or ``cache``)."""
     if not caches:
@@ -179,13 +234,21 @@ def _cache_entry(
     file: Path, label: str, entry: dict[str, Any], kind: str, ctx: Context, paths: PathResolver
 ) -> list[Path]:
     found: list[Path] = []
+    backend = entry.get("type", "local")
+    if backend not in ("local", "memory"):
+        detail = "sanakit keeps its cache on a local disk (data.cache_dir)"
+        subject = _backend_subject(label, entry)
+        ctx.unsupported(file, f"{label}.type", backend, detail, subject=subject)
+        for key, value in entry.items():  # the whole entry is dropped
+            if key != "type":
+                ctx.ignored(
+                    f"{label}.{key}", value, f"its {kind} entry (type {backend!r}) is dropped"
+                )
+        return found
     for key, value in entry.items():
         where = f"{label}.{key}"
         if key == "type":
-            if value not in ("local", "memory"):
-                ctx.unsupported(file, where, value, "sanakit keeps its cache on a local disk")
-            else:
-                ctx.ignored(where, value, "a local cache")
+            ctx.ignored(where, value, "a local cache")
         elif key == "cache_dir":
             path, how = paths.place(as_str(file, where, value))
             found.append(path)
@@ -218,11 +281,12 @@ def _image_entry(e: BackendEntry, method: str, batch_size: int) -> dict[str, Any
     e.ds["id"] = _dataset_id(e)
     kind = e.entry.get("type", "local")
     if kind != "local":
-        e.unsupported(
-            "type",
+        e.ctx.unsupported(
+            e.file,
+            f"{e.label}.type",
             kind,
-            "sanakit reads local folders here; for other sources write a sanakit "
-            "[[data.datasets]] (manifest/hf/webdataset)",
+            _OTHER_SOURCES,
+            subject=_backend_subject(e.label, e.entry),
         )
         for key, value in e.entry.items():  # the whole dataset is dropped
             if key != "type":
