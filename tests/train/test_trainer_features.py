@@ -79,3 +79,38 @@ def test_loss_masks_restrict_the_loss(run_dict, tmp_path) -> None:
     inside["latents"][..., :4] += 1.0
     assert not torch.equal(loss_of(inside), base)
     assert not torch.equal(loss_of({**batch, "mask": None}), base)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`")
+@pytest.mark.parametrize(
+    ("method", "limit"), [("value", 1e-4), ("norm", 1e-4), ("value", 0.0), ("norm", 0.0)]
+)
+def test_grad_clip_method_value_clamps_elements_norm_rescales(
+    run_dict, method, limit, monkeypatch
+) -> None:
+    run_dict["train"] |= {"max_steps": 1, "grad_clip": limit, "grad_clip_method": method}
+    trainer = Trainer(run_config_from_dict(run_dict))
+    seen: list[torch.Tensor] = []
+
+    def step(optimizer) -> None:  # the gradients the optimizer would apply
+        seen.append(torch.cat([p.grad.flatten() for p in trainer.params if p.grad is not None]))
+
+    monkeypatch.setattr(trainer.scaler, "step", step)
+    stats = trainer.train_step()
+    (grads,) = seen
+    unclipped = stats["grad_norm"]  # the global norm before clipping, whatever the method
+    assert unclipped > 1e-3
+    if limit == 0:  # no clipping
+        assert float(grads.norm()) == pytest.approx(unclipped, rel=1e-4)
+    elif method == "value":  # torch.nn.utils.clip_grad_value_: every element in [-c, c]
+        assert float(grads.abs().max()) == pytest.approx(limit)
+        assert float((grads.abs() == grads.abs().max()).float().mean()) < 1  # not all at c
+    else:  # one factor for all: global norm c
+        assert float(grads.norm()) == pytest.approx(limit, rel=1e-4)
+        assert float(grads.abs().max()) < limit
+
+
+def test_grad_clip_method_is_checked(run_dict) -> None:
+    run_dict["train"]["grad_clip_method"] = "clip"
+    with pytest.raises(SanakitError, match="grad_clip_method"):
+        run_config_from_dict(run_dict)

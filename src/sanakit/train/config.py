@@ -130,7 +130,10 @@ class TrainSection:
     gradient_accumulation: int = 1
     max_steps: int | None = None
     epochs: int | None = None
-    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    grad_clip: float = 1.0  # the clipping limit; 0 = no clipping
+    # norm: scale all gradients so their global L2 norm is <= grad_clip; value: clamp every
+    # gradient element to [-grad_clip, grad_clip] (torch.nn.utils.clip_grad_value_)
+    grad_clip_method: Literal["norm", "value"] = "norm"
     mixed_precision: Precision = "auto"  # GPU: bf16; CPU: bf16 only with native bf16, else no
     gradient_checkpointing: bool = False
     gradient_checkpointing_interval: int = 1

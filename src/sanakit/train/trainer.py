@@ -250,7 +250,12 @@ class Trainer:
                 self.accelerator.backward(self.scaler.scale(loss / accum))
             total += float(loss.detach()) / accum
         self.scaler.unscale_(self.optimizer)  # fp16: the true gradients, before clipping
-        grad_norm = self.accelerator.clip_grad_norm_(self.params, t.grad_clip or math.inf)
+        # the global norm of the unclipped gradients (logged, and the non-finite check: value
+        # clipping would turn an Inf into the limit); grad_clip_method "norm" also rescales them
+        by_norm = t.grad_clip if t.grad_clip_method == "norm" and t.grad_clip > 0 else math.inf
+        grad_norm = self.accelerator.clip_grad_norm_(self.params, by_norm)
+        if t.grad_clip_method == "value" and t.grad_clip > 0:
+            torch.nn.utils.clip_grad_value_(self.params, t.grad_clip)  # each element in [-c, c]
         flags = [not math.isfinite(total), not bool(torch.isfinite(grad_norm))]  # on any process
         flags = torch.tensor(flags, dtype=torch.float32, device=self.device)
         bad_loss, bad_grad = (bool(v > 0) for v in self.accelerator.reduce(flags, reduction="sum"))
