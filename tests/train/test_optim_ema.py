@@ -77,3 +77,68 @@ def test_ema_update_rule_and_interval() -> None:
     clone = EMA(model.named_parameters(), decay=0.9)
     clone.load_state_dict(ema.state_dict())
     assert clone.num_updates == 2 and torch.equal(clone.shadow["weight"], ema.shadow["weight"])
+
+
+def test_polynomial_schedule_closed_form_and_transformers() -> None:
+    from transformers import get_polynomial_decay_schedule_with_warmup
+
+    lr, lr_end, power, warmup, total = 1e-4, 4e-7, 0.8, 10, 110
+
+    def closed(step: int) -> float:  # lr(step) / lr, transformers' definition
+        if step < warmup:
+            return step / warmup
+        if step > total:
+            return lr_end / lr
+        remaining = 1 - (step - warmup) / (total - warmup)
+        return ((lr - lr_end) * remaining**power + lr_end) / lr
+
+    ours = [
+        lr_multiplier("polynomial", s, warmup, total, end_factor=lr_end / lr, power=power)
+        for s in range(0, 130)
+    ]
+    assert ours == pytest.approx([closed(s) for s in range(0, 130)], rel=1e-12)
+    assert ours[60] == pytest.approx(((lr - lr_end) * 0.5**0.8 + lr_end) / lr)
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt, ref_opt = (build_optimizer([p], "adamw", lr=lr) for _ in range(2))
+    sched = build_scheduler(
+        opt, "polynomial", warmup_steps=warmup, total_steps=total, lr_end=lr_end, lr_power=power
+    )
+    ref = get_polynomial_decay_schedule_with_warmup(ref_opt, warmup, total, lr_end, power)
+    for _ in range(125):
+        assert opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"], rel=1e-12)
+        for o, s in ((opt, sched), (ref_opt, ref)):
+            o.step()
+            s.step()
+    with pytest.raises(SanakitError, match="lr_end=0.001 must be >= 0 and below train.lr"):
+        build_scheduler(opt, "polynomial", warmup_steps=0, total_steps=10, lr_end=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"lr_end": 1e-7}, "lr_end.*only used with lr_scheduler = 'polynomial' \\(not 'linear'\\)"),
+        ({"lr_power": 2.0}, "lr_power.*only used with lr_scheduler = 'polynomial'"),
+        ({"lr_scheduler": "polynomial", "lr": 1e-5, "lr_end": 1e-5}, "lr_end.*below the learning"),
+        ({"lr_scheduler": "polynomial", "lr_power": 0}, "lr_power.*must be > 0"),
+    ],
+)
+def test_polynomial_options_are_checked(keys, message) -> None:
+    with pytest.raises(SanakitError, match=message):
+        from_dict(TrainSection, {"max_steps": 10, "lr_scheduler": "linear", **keys})
+    good = {"max_steps": 10, "lr_scheduler": "polynomial", "lr_end": 2e-7, "lr_power": 0.8}
+    t = from_dict(TrainSection, good)
+    assert (t.polynomial_lr_end, t.polynomial_power) == (2e-7, 0.8)
+    t = from_dict(TrainSection, {"max_steps": 10, "lr_scheduler": "polynomial"})
+    assert (t.polynomial_lr_end, t.polynomial_power) == (1e-7, 1.0)  # transformers' defaults
+
+
+def test_trainer_runs_the_polynomial_schedule(run_dict) -> None:
+    from sanakit.train.config import run_config_from_dict
+    from sanakit.train.trainer import Trainer
+
+    run_dict["train"] |= {"max_steps": 4, "lr": 1e-3, "lr_scheduler": "polynomial"}
+    run_dict["train"] |= {"warmup_steps": 1, "lr_end": 1e-4, "lr_power": 2.0}
+    trainer = Trainer(run_config_from_dict(run_dict))
+    fn = trainer.scheduler.lr_lambdas[0]
+    expected = [0.0] + [0.1 + 0.9 * (1 - (s - 1) / 3) ** 2 for s in (1, 2, 3, 4)]
+    assert [fn(s) for s in range(5)] == pytest.approx(expected)

@@ -124,8 +124,13 @@ class TrainSection:
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     eps: float = DEFAULT_EPS  # adamw* only (Lion has none)
-    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "polynomial"] = (
+        "constant"
+    )
     warmup_steps: int = 0
+    # polynomial only: lr decays to lr_end as (1 - progress) ** lr_power (transformers' defaults)
+    lr_end: float | None = None  # default 1e-7
+    lr_power: float | None = None  # default 1.0
     batch_size: int = 1
     gradient_accumulation: int = 1
     max_steps: int | None = None
@@ -198,6 +203,22 @@ class TrainSection:
             )
         if self.warmup_steps < 0:
             raise ConfigValueError(self, "warmup_steps", "must be >= 0")
+        for key in ("lr_end", "lr_power"):
+            if getattr(self, key) is not None and self.lr_scheduler != "polynomial":
+                raise ConfigValueError(
+                    self,
+                    key,
+                    f"is only used with lr_scheduler = 'polynomial' (not {self.lr_scheduler!r})",
+                )
+        if (
+            self.lr_scheduler == "polynomial"
+            and not 0 <= self.polynomial_lr_end < self.learning_rate
+        ):
+            raise ConfigValueError(
+                self, "lr_end", f"must be >= 0 and below the learning rate {self.learning_rate}"
+            )
+        if not (self.polynomial_power > 0 and math.isfinite(self.polynomial_power)):
+            raise ConfigValueError(self, "lr_power", f"must be > 0, got {self.lr_power}")
         if self.warmup_steps and self.lr_scheduler == "constant":
             raise ConfigValueError(
                 self,
@@ -237,6 +258,15 @@ class TrainSection:
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+
+    @property
+    def polynomial_lr_end(self) -> float:
+        """The polynomial schedule's final learning rate (transformers' default 1e-7)."""
+        return 1e-7 if self.lr_end is None else self.lr_end
+
+    @property
+    def polynomial_power(self) -> float:
+        return 1.0 if self.lr_power is None else self.lr_power
 
     @property
     def shift(self) -> float:

@@ -6,6 +6,8 @@ wrapped in ``torch.optim.lr_scheduler.LambdaLR``:
 - constant_with_warmup: min(1, step / warmup)
 - linear: warmup, then (total - step) / (total - warmup) down to 0
 - cosine: warmup, then 0.5 * (1 + cos(pi * progress)), progress = (step - warmup) / (total - warmup)
+- polynomial: warmup, then (lr_end + (lr - lr_end) * (1 - progress) ** power) / lr, staying at
+  lr_end / lr after total (transformers' ``get_polynomial_decay_schedule_with_warmup``)
 """
 
 from __future__ import annotations
@@ -19,11 +21,20 @@ import torch
 from sanakit.errors import SanakitError
 
 OPTIMIZERS = ("adamw", "adamw8bit", "lion8bit", "optimi-adamw")
-SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
+SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "polynomial")
 
 
-def lr_multiplier(schedule: str, step: int, warmup_steps: int, total_steps: int) -> float:
-    """The learning-rate factor after ``step`` optimizer steps (see the module docstring)."""
+def lr_multiplier(
+    schedule: str,
+    step: int,
+    warmup_steps: int,
+    total_steps: int,
+    *,
+    end_factor: float = 0.0,
+    power: float = 1.0,
+) -> float:
+    """The learning-rate factor after ``step`` optimizer steps (see the module docstring).
+    ``end_factor`` (lr_end / lr) and ``power`` are the polynomial schedule's."""
     if schedule not in SCHEDULES:
         raise SanakitError(f"train.lr_scheduler={schedule!r} is not one of {', '.join(SCHEDULES)}")
     if schedule == "constant":
@@ -36,6 +47,8 @@ def lr_multiplier(schedule: str, step: int, warmup_steps: int, total_steps: int)
     progress = min(1.0, (step - warmup_steps) / span)
     if schedule == "linear":
         return 1.0 - progress
+    if schedule == "polynomial":
+        return end_factor + (1.0 - end_factor) * (1.0 - progress) ** power
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -76,11 +89,24 @@ def build_optimizer(
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, schedule: str, *, warmup_steps: int, total_steps: int
+    optimizer: torch.optim.Optimizer,
+    schedule: str,
+    *,
+    warmup_steps: int,
+    total_steps: int,
+    lr_end: float = 1e-7,
+    lr_power: float = 1.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
+    """``LambdaLR`` over :func:`lr_multiplier`; ``lr_end`` / ``lr_power``: the polynomial
+    schedule's final learning rate (relative to the optimizer's ``lr``) and power."""
     lr_multiplier(schedule, 0, warmup_steps, total_steps)  # validates the name
+    end_factor = lr_end / optimizer.defaults["lr"] if schedule == "polynomial" else 0.0
+    if not 0.0 <= end_factor < 1.0:
+        raise SanakitError(f"train.lr_end={lr_end} must be >= 0 and below train.lr")
 
     def fn(step: int) -> float:
-        return lr_multiplier(schedule, step, warmup_steps, total_steps)
+        return lr_multiplier(
+            schedule, step, warmup_steps, total_steps, end_factor=end_factor, power=lr_power
+        )
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)

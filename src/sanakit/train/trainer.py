@@ -179,7 +179,12 @@ class Trainer:
             eps=t.eps,
         )
         scheduler = build_scheduler(
-            optimizer, t.lr_scheduler, warmup_steps=t.warmup_steps, total_steps=self.max_steps
+            optimizer,
+            t.lr_scheduler,
+            warmup_steps=t.warmup_steps,
+            total_steps=self.max_steps,
+            lr_end=t.polynomial_lr_end,
+            lr_power=t.polynomial_power,
         )
         self.ema = None
         if t.ema is not None:
