@@ -142,3 +142,27 @@ def test_trainer_runs_the_polynomial_schedule(run_dict) -> None:
     fn = trainer.scheduler.lr_lambdas[0]
     expected = [0.0] + [0.1 + 0.9 * (1 - (s - 1) / 3) ** 2 for s in (1, 2, 3, 4)]
     assert [fn(s) for s in range(5)] == pytest.approx(expected)
+
+
+def test_optimi_lion_step_and_missing_package(monkeypatch) -> None:
+    """Lion's first step from zero momentum: p <- p - lr * sign((1 - beta1) * g)."""
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    p.grad = torch.tensor([0.3, -0.1, 0.0])
+    with pytest.raises(
+        SanakitError, match="train.eps does nothing with train.optimizer = 'optimi-lion'"
+    ):
+        from_dict(
+            TrainSection, {"max_steps": 1, "optimizer": "optimi-lion", "eps": 1e-6}, where="train"
+        )
+    with monkeypatch.context() as m:
+        m.setitem(__import__("sys").modules, "optimi", None)  # as if not installed
+        with pytest.raises(SanakitError) as err:
+            build_optimizer([p], "optimi-lion", lr=0.1)
+        assert str(err.value) == (
+            "train.optimizer='optimi-lion' needs the 'torch-optimi' package: pip install torch-optimi"
+        )
+    pytest.importorskip("optimi")
+    opt = build_optimizer([p], "optimi-lion", lr=0.1, betas=(0.9, 0.99), weight_decay=0.0)
+    assert type(opt).__module__.startswith("optimi") and type(opt).__name__ == "Lion"
+    opt.step()
+    torch.testing.assert_close(p.detach(), torch.tensor([0.9, -1.9, 0.5]))

@@ -120,7 +120,7 @@ class TrainSection:
     lora: LoraSpec | None = None  # sanakit.adapters.spec: the adapter settings themselves
     lokr: LokrSpec | None = None
     lr: float | None = None  # default by method: 1e-5 full, 1e-4 lora/lokr
-    optimizer: Literal["adamw", "adamw8bit", "lion8bit", "optimi-adamw"] = "adamw"
+    optimizer: Literal["adamw", "adamw8bit", "lion8bit", "optimi-adamw", "optimi-lion"] = "adamw"
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     eps: float = DEFAULT_EPS  # adamw* only (Lion has none)
@@ -237,10 +237,12 @@ class TrainSection:
                 "max_nonfinite_recoveries",
                 f"must be >= 0, got {self.max_nonfinite_recoveries}",
             )
-        if self.optimizer == "lion8bit" and self.eps != DEFAULT_EPS:
-            # bitsandbytes' Lion8bit takes no eps (Lion has no denominator to guard)
+        if self.optimizer in ("lion8bit", "optimi-lion") and self.eps != DEFAULT_EPS:
+            # Lion8bit (bitsandbytes) and optimi's Lion take no eps (no denominator to guard)
             raise ConfigValueError(
-                self, "eps", "does nothing with train.optimizer = 'lion8bit' (Lion has no eps)"
+                self,
+                "eps",
+                f"does nothing with train.optimizer = {self.optimizer!r} (Lion has no eps)",
             )
         if not -(2**63) <= self.seed < 2**64:  # torch.manual_seed's range
             raise ConfigValueError(self, "seed", f"must be a 64-bit integer, got {self.seed}")

@@ -20,7 +20,7 @@ import torch
 
 from sanakit.errors import SanakitError
 
-OPTIMIZERS = ("adamw", "adamw8bit", "lion8bit", "optimi-adamw")
+OPTIMIZERS = ("adamw", "adamw8bit", "lion8bit", "optimi-adamw", "optimi-lion")
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "polynomial")
 
 
@@ -70,7 +70,8 @@ def build_optimizer(
     weight_decay: float = 0.01,
     eps: float = 1e-8,
 ) -> torch.optim.Optimizer:
-    """adamw (torch), adamw8bit / lion8bit (bitsandbytes), optimi-adamw (torch-optimi)."""
+    """adamw (torch), adamw8bit / lion8bit (bitsandbytes), optimi-adamw / optimi-lion
+    (torch-optimi)."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise SanakitError("no trainable parameters (check train.method and the adapter targets)")
@@ -85,6 +86,9 @@ def build_optimizer(
     if name == "optimi-adamw":
         optimi = _import_optional("optimi", "torch-optimi", name)
         return optimi.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
+    if name == "optimi-lion":  # no eps, as lion8bit
+        optimi = _import_optional("optimi", "torch-optimi", name)
+        return optimi.Lion(params, lr=lr, betas=betas, weight_decay=weight_decay)
     raise SanakitError(f"train.optimizer={name!r} is not one of {', '.join(OPTIMIZERS)}")
 
 
