@@ -19,6 +19,7 @@ SIMPLETUNER_NAMES: dict[str, str] = {
     "gradient_accumulation_steps": "train.gradient_accumulation",
     "lr_warmup_steps": "train.warmup_steps",
     "max_grad_norm": "train.grad_clip",
+    "grad_clip_method": "train.grad_clip_method",
     "adam_beta1": "train.betas",
     "adam_beta2": "train.betas",
     "adam_epsilon": "train.eps",

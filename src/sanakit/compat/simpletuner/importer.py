@@ -180,11 +180,13 @@ def import_config(
     """
     source = Path(config_json_path)
     raw = normalise_keys(source, load_config_file(source))
-    nested = sorted(k for k, v in raw.items() if isinstance(v, dict))
-    if nested:
+    # SimpleTuner's own table-valued options (tread_config, webhook_config...) are read as keys
+    # (mapped, ignored or unsupported with their reason); sanakit's sections are not
+    sections = sorted(k for k, v in raw.items() if isinstance(v, dict) and k in _SANAKIT_SECTIONS)
+    if sections:
         raise SanakitError(
-            f"{source}: {nested[0]!r} is a table; a SimpleTuner config.json is flat (for a "
-            f"sanakit config use `sanakit train` directly)"
+            f"{source}: [{sections[0]}] is a sanakit table: this is a sanakit config, not a "
+            f"SimpleTuner config.json; use `sanakit train` directly"
         )
     ctx = Context(allow_unsupported)
     paths = PathResolver(source)

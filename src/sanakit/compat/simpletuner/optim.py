@@ -161,30 +161,26 @@ def optimizer(k: KeyReader) -> None:
 
 
 def clip(k: KeyReader) -> None:
-    """max_grad_norm with grad_clip_method "norm" -> train.grad_clip (global-norm clipping)."""
+    """max_grad_norm + grad_clip_method -> train.grad_clip + train.grad_clip_method, with
+    SimpleTuner's defaults when left out: method "value" (each gradient element clamped to
+    [-max_grad_norm, max_grad_norm]) at 2.0 (its cmd_args.py: ``--max_grad_norm`` default 2.0,
+    ``--grad_clip_method`` default "value"). SimpleTuner clips only when max_grad_norm > 0."""
     norm, method = k.take("max_grad_norm"), k.take("grad_clip_method")
-    if norm is ABSENT and method is ABSENT:
+    how = "value" if method is ABSENT else method
+    if how not in ("value", "norm"):
+        raise SanakitError(f"{k.file}: grad_clip_method = {method!r}: use 'value' or 'norm'")
+    notes = {
+        "value": "each gradient element clamped to [-max_grad_norm, max_grad_norm]",
+        "norm": "global-norm clipping",
+    }
+    note = notes[how] + ("" if method is not ABSENT else " (SimpleTuner's default method)")
+    k.put("grad_clip_method", "train.grad_clip_method", how, note)
+    if norm is ABSENT:
+        k.put("max_grad_norm", "train.grad_clip", 2.0, "SimpleTuner's default 2.0")
         return
-    how = "value" if method is ABSENT else str(method)
-    if how == "norm":
-        value = 2.0 if norm is ABSENT else as_float(k.file, "max_grad_norm", norm)
-        note = "global-norm clipping" + (
-            "" if norm is not ABSENT else " at SimpleTuner's default 2.0"
-        )
-        if value <= 0:
-            value, note = 0.0, "no clipping (sanakit's grad_clip = 0)"
-        k.put("max_grad_norm", "train.grad_clip", value, note)
-        k.ctx.ignored("grad_clip_method", method, "norm, as sanakit's grad_clip")
-        return
-    key = "grad_clip_method" if method is not ABSENT else "max_grad_norm"
-    k.ctx.unsupported(
-        k.file,
-        key,
-        k.raw[key],
-        "SimpleTuner clips each gradient "
-        "value (grad_clip_method 'value', its default); sanakit clips the "
-        "global norm: set grad_clip_method to 'norm'",
-    )
+    value = as_float(k.file, "max_grad_norm", norm)
+    note = "" if value > 0 else "no clipping (SimpleTuner clips only when max_grad_norm > 0)"
+    k.put("max_grad_norm", "train.grad_clip", max(value, 0.0), note)
 
 
 def flow(k: KeyReader) -> None:

@@ -3,7 +3,8 @@
 
 Keys the file leaves out take sanakit's defaults, except where SimpleTuner's default changes what
 is trained: the run length (SimpleTuner: one epoch), ``lora_dropout`` (0.1), the EMA decay
-(0.995) and the scheduler when only ``lr_warmup_steps`` is set (constant_with_warmup).
+(0.995), gradient clipping (method "value" at 2.0) and the scheduler when only
+``lr_warmup_steps`` is set (constant_with_warmup).
 """
 
 from __future__ import annotations
