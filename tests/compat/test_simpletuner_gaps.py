@@ -142,3 +142,31 @@ def test_backend_keys_of_another_type_and_typos_are_still_errors(root) -> None:
     write_tree(root, MINIMAL, [LOCAL, {**AWS, "aws_bucket_nme": "b"}])
     with pytest.raises(SanakitError, match=r"aws_bucket_nme; did you mean 'aws_bucket_name'\?"):
         import_config("config/config.json")
+
+
+def _mapping(result, key: str):
+    (entry,) = [e for e in result.mapping if e.key == key]
+    return entry
+
+
+def test_polynomial_schedule_of_the_config_template(root) -> None:
+    """config/config.json.example: polynomial, learning_rate "1e-4", lr_warmup_steps 100, no
+    lr_end/lr_power: SimpleTuner's defaults 4e-7 and 0.8 are written out."""
+    keys = {"--learning_rate": "1e-4", "--lr_scheduler": "polynomial", "--lr_warmup_steps": 100}
+    write_tree(root, {**MINIMAL, **keys}, [LOCAL])
+    result = import_config("config/config.json")
+    t = result.config.train
+    assert (t.lr_scheduler, t.lr, t.warmup_steps) == ("polynomial", 1e-4, 100)
+    assert (t.lr_end, t.lr_power) == (4e-7, 0.8)
+    assert _mapping(result, "lr_end").note == "SimpleTuner's default 4e-07"
+    write_tree(root, {**MINIMAL, **keys, "lr_end": "1e-6", "--lr_power": 2}, [LOCAL])
+    t = import_config("config/config.json").config.train
+    assert (t.lr_scheduler, t.lr_end, t.lr_power) == ("polynomial", 1e-6, 2.0)
+
+
+def test_lr_end_and_power_without_polynomial_are_ignored(root) -> None:
+    keys = {"lr_scheduler": "linear", "lr_end": "4e-7", "lr_power": 0.8}
+    write_tree(root, {**MINIMAL, **keys}, [LOCAL])
+    result = import_config("config/config.json")
+    assert (result.config.train.lr_end, result.config.train.lr_power) == (None, None)
+    assert _mapping(result, "lr_power").target is None

@@ -142,22 +142,21 @@ def test_copied_config_json_example_reports_unsupported_then_imports(root) -> No
     with pytest.raises(SanakitError) as err:
         import_config("config/config.json")
     first, *items = str(err.value).splitlines()
-    assert "3 SimpleTuner settings are not supported" in first and "--allow-unsupported" in first
+    assert "2 SimpleTuner settings are not supported" in first and "--allow-unsupported" in first
     assert items == [
-        "  1. lr_scheduler = 'polynomial' is not supported: no sanakit equivalent; use constant, "
-        "constant_with_warmup or linear",
-        "  2. push_checkpoints_to_hub = 'true' is not supported: sanakit does not upload "
+        "  1. push_checkpoints_to_hub = 'true' is not supported: sanakit does not upload "
         "checkpoints",
-        "  3. push_to_hub = 'true' is not supported: sanakit does not upload; run "
+        "  2. push_to_hub = 'true' is not supported: sanakit does not upload; run "
         "`huggingface-cli upload` on output.dir",
     ]  # validation_guidance_rescale = "0.0" is off, not one of them
     result = import_config("config/config.json", allow_unsupported=True)
-    assert len(result.warnings) == 3
+    assert len(result.warnings) == 2
     dropped = " ".join(result.warnings)
-    for key in ("lr_scheduler", "push_to_hub", "push_checkpoints_to_hub"):
+    for key in ("push_to_hub", "push_checkpoints_to_hub"):
         assert key in dropped
     t, v = result.config.train, result.config.validation
-    assert t.lr == 1e-4 and t.warmup_steps == 100 and t.lr_scheduler == "constant_with_warmup"
+    assert t.lr == 1e-4 and t.warmup_steps == 100 and t.lr_scheduler == "polynomial"
+    assert (t.lr_end, t.lr_power) == (4e-7, 0.8)  # SimpleTuner's defaults
     assert t.gradient_checkpointing is True and t.batch_size == 6 and t.seed == 42
     assert (v.steps, v.seed, v.every_steps, v.guidance) == (50, 42, 500, 3.0)
     assert v.prompts == ("A photo-realistic image of a cat",)
@@ -173,7 +172,7 @@ def test_copied_config_json_example_reports_unsupported_then_imports(root) -> No
             {"learning_rat": 1e-5},
             "unknown SimpleTuner key 'learning_rat'; did you mean 'learning_rate'?",
         ),
-        ({"lr_scheduler": "polynomial"}, "lr_scheduler = 'polynomial' is not supported"),
+        ({"lr_scheduler": "sine"}, "lr_scheduler = 'sine' is not supported"),
         ({"model_family": "flux"}, "model_family = 'flux': sanakit trains Sana only"),
         (
             {"pretrained_model_name_or_path": "someone/other-model"},
@@ -480,11 +479,11 @@ def test_seed_narrative_keys(root, key, value, outcome) -> None:
 
 
 def test_train_command_reports_import_errors_in_one_line(root, capsys) -> None:
-    write_tree(root, {**MINIMAL, "--lr_scheduler": "polynomial"})
+    write_tree(root, {**MINIMAL, "--lr_scheduler": "sine"})
     assert main(["train", "config/config.json"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("sanakit: error: ") and "\n" not in err
-    assert "lr_scheduler = 'polynomial' is not supported" in err and "--allow-unsupported" in err
+    assert "lr_scheduler = 'sine' is not supported" in err and "--allow-unsupported" in err
     from sanakit.cli import build_parser
 
     args = build_parser().parse_args(["train", "config/config.json", "--allow-unsupported"])

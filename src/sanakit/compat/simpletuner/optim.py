@@ -46,6 +46,9 @@ OPTIMIZERS: dict[str, tuple[str, dict[str, Any], str]] = {
     "bnb-lion8bit": ("lion8bit", {"betas": [0.9, 0.99], "weight_decay": 0.0}, ""),
     "bnb-lion8bit-paged": ("lion8bit", {"betas": [0.9, 0.99], "weight_decay": 0.0}, _PAGED),
 }
+# SimpleTuner's defaults for its polynomial schedule (field registry: --lr_end 4e-7,
+# --lr_power 0.8); it calls transformers' get_polynomial_decay_schedule_with_warmup, as sanakit
+_POLY_DEFAULTS = {"lr_end": 4e-7, "lr_power": 0.8}
 _SHIFT_NOTE = (
     "sanakit really shifts the training timestep distribution (SimpleTuner ignores this for "
     "Sana and uses the scheduler's own table)"
@@ -143,6 +146,14 @@ def optimizer(k: KeyReader) -> None:
         )
     elif schedule in ("constant", "constant_with_warmup", "linear"):
         k.put("lr_scheduler", "train.lr_scheduler", schedule, "same schedule")
+    elif schedule == "polynomial":
+        k.put("lr_scheduler", "train.lr_scheduler", schedule, "same schedule (transformers')")
+        for key, default in _POLY_DEFAULTS.items():
+            value = k.take(key)
+            if value is ABSENT:
+                k.put(key, f"train.{key}", default, f"SimpleTuner's default {default}")
+            else:
+                k.put(key, f"train.{key}", as_float(k.file, key, value))
     else:
         detail = (
             "SimpleTuner's cosine is a restarting cosine with period lr_warmup_steps"
@@ -153,7 +164,7 @@ def optimizer(k: KeyReader) -> None:
             k.file,
             "lr_scheduler",
             schedule,
-            f"{detail}; use constant, constant_with_warmup or linear",
+            f"{detail}; use constant, constant_with_warmup, linear or polynomial",
         )
         if warmup not in (ABSENT, 0):  # dropped: keep the warm-up with a constant rate after it
             k.assign("train.lr_scheduler", "constant_with_warmup")
