@@ -170,3 +170,13 @@ def test_lr_end_and_power_without_polynomial_are_ignored(root) -> None:
     result = import_config("config/config.json")
     assert (result.config.train.lr_end, result.config.train.lr_power) == (None, None)
     assert _mapping(result, "lr_power").target is None
+
+
+def test_optimi_lion_of_the_examples(root) -> None:
+    """simpletuner/examples/auraflow.peft-lora/config.json (and four more): optimi-lion."""
+    keys = {"optimizer": "optimi-lion", "learning_rate": 1e-4}
+    keys |= {"lr_scheduler": "constant_with_warmup", "lr_warmup_steps": 100}
+    write_tree(root, {**MINIMAL, **keys}, [LOCAL])
+    t = import_config("config/config.json").config.train
+    assert (t.optimizer, t.betas, t.weight_decay, t.eps) == ("optimi-lion", (0.9, 0.99), 0.0, 1e-8)
+    assert (t.lr, t.lr_scheduler, t.warmup_steps) == (1e-4, "constant_with_warmup", 100)

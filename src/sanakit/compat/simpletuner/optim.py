@@ -45,6 +45,12 @@ OPTIMIZERS: dict[str, tuple[str, dict[str, Any], str]] = {
     ),
     "bnb-lion8bit": ("lion8bit", {"betas": [0.9, 0.99], "weight_decay": 0.0}, ""),
     "bnb-lion8bit-paged": ("lion8bit", {"betas": [0.9, 0.99], "weight_decay": 0.0}, _PAGED),
+    "optimi-lion": (
+        "optimi-lion",
+        {"betas": [0.9, 0.99], "weight_decay": 0.0},
+        "torch-optimi Lion with SimpleTuner's settings (its kahan_sum only acts on bf16 weights; "
+        "sanakit trains fp32 weights under autocast)",
+    ),
 }
 # SimpleTuner's defaults for its polynomial schedule (field registry: --lr_end 4e-7,
 # --lr_power 0.8); it calls transformers' get_polynomial_decay_schedule_with_warmup, as sanakit
