@@ -180,3 +180,14 @@ def test_optimi_lion_of_the_examples(root) -> None:
     t = import_config("config/config.json").config.train
     assert (t.optimizer, t.betas, t.weight_decay, t.eps) == ("optimi-lion", (0.9, 0.99), 0.0, 1e-8)
     assert (t.lr, t.lr_scheduler, t.warmup_steps) == (1e-4, "constant_with_warmup", 100)
+
+
+def test_aspect_bucket_alignment_is_ignored_with_the_reason(root) -> None:
+    write_tree(root, {**MINIMAL, "aspect_bucket_alignment": 32}, [LOCAL])
+    result = import_config("config/config.json")
+    assert result.warnings == []
+    assert _mapping(result, "aspect_bucket_alignment").note == (
+        "ignored: SimpleTuner overrides it to 64 px for Sana whatever the value "
+        "(helpers/models/sana/model.py), so it changes nothing there; sanakit rounds bucket "
+        "sides to multiples of 32 px (the DC-AE factor), not 64"
+    )

@@ -27,6 +27,9 @@ IGNORED: dict[str, str] = {
     "text_encoder_batch_size": "only sets how many captions are encoded at once (speed/memory)",
     "quantize_via": "only chooses where SimpleTuner quantises; " + _NO_QUANT,
     "aspect_bucket_rounding": "SimpleTuner's bucket-key rounding; sanakit uses Sana's aspect table",
+    "aspect_bucket_alignment": "SimpleTuner overrides it to 64 px for Sana whatever the value "
+    "(helpers/models/sana/model.py), so it changes nothing there; sanakit rounds bucket sides "
+    "to multiples of 32 px (the DC-AE factor), not 64",
     "disable_bucket_pruning": "sanakit never drops small buckets; it merges them into the nearest "
     "aspect",
     "compress_disk_cache": "a SimpleTuner cache-format option; sanakit's cache has its own format",
