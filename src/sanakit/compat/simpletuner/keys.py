@@ -89,7 +89,9 @@ OFF_ONLY: dict[str, tuple[tuple[object, ...], str]] = {
     "validation_preview": ((), "sanakit writes only the final validation images (no previews)"),
     "validation_prompt_library": (
         (),
-        "SimpleTuner's built-in prompt library is not shipped; use user_prompt_library",
+        "SimpleTuner's built-in prompt library (its helpers/prompts.py, validated in addition to "
+        "validation_prompt) is not shipped with sanakit; list those prompts in a "
+        "user_prompt_library file (-> validation.prompt_library)",
     ),
     "validation_guidance_rescale": ((), "guidance rescale is not implemented in sanakit"),
     "validation_guidance_real": ((1, 1.0), "sanakit's validation uses plain CFG"),
@@ -98,9 +100,7 @@ OFF_ONLY: dict[str, tuple[tuple[object, ...], str]] = {
     "validation_using_datasets": ((), "sanakit validates from prompts only"),
     "base_model_precision": (("no_change",), _NO_QUANT),
     "text_encoder_1_precision": (("no_change",), _NO_QUANT),
-    "evaluation_type": ((), "sanakit's validation has no CLIP-score option; remove it"),
     "eval_steps_interval": ((), "sanakit measures the eval loss every validation.every_steps"),
-    "eval_dataset_id": ((), "set validation.eval_datasets in the sanakit config instead"),
     "init_lora": ((), "start from an existing adapter is not supported by sanakit train"),
     "lora_init_type": (("default",), "sanakit uses peft's default LoRA init"),
     "use_dora": ((), "sanakit has no DoRA"),
@@ -151,7 +151,7 @@ OTHER_OPTIONS: frozenset[str] = words(
     delete_model_after_load disable_accelerator disable_multiline_split enable_xformers_memory_efficient_attention
     framerate freeze_encoder freeze_encoder_after freeze_encoder_before ignore_final_epochs
     keep_vae_loaded local_rank max_grounding_entities model_card_note model_card_safe_for_work
-    modelspec_comment num_eval_images offload_during_save peft_lora_mode post_checkpoint_script
+    modelspec_comment offload_during_save peft_lora_mode post_checkpoint_script
     post_upload_script prediction_type pretrained_t5_model_name_or_path pretrained_gemma_model_name_or_path
     prodigy_steps publishing_config quantization_config rescale_betas_zero_snr revision
     sana_complex_human_instruction save_text_encoder skip_checkpoint_save slider_lora_target

@@ -70,6 +70,32 @@ def validation(k: KeyReader) -> None:
         k.ctx.ignored("validation_disable", off, "off")
 
 
+_EVAL_OFF = "only used by SimpleTuner's evaluation_type, which is off"
+
+
+def evaluation(k: KeyReader) -> None:
+    """evaluation_type (SimpleTuner's CLIP-score evaluation), num_eval_images, eval_dataset_id:
+    accepted while evaluation is off; evaluation_type 'clip' is not implemented (one reason,
+    the other two follow it)."""
+    kind = k.take("evaluation_type")
+    on = kind is not ABSENT and not is_off(kind)
+    if on:
+        k.ctx.unsupported(
+            k.file,
+            "evaluation_type",
+            kind,
+            "CLIP-score evaluation is not implemented yet in sanakit (held-out eval loss is: "
+            "[validation] eval_datasets)",
+        )
+    elif kind is not ABSENT:
+        k.ctx.ignored("evaluation_type", kind, "off (SimpleTuner's default behaviour)")
+    for key in ("num_eval_images", "eval_dataset_id"):
+        value = k.take(key)
+        if value is not ABSENT:
+            why = "only used by evaluation_type, dropped with it" if on else _EVAL_OFF
+            k.ctx.ignored(key, value, why)
+
+
 def output(k: KeyReader) -> None:
     """output_dir, checkpoint interval/limit, report_to -> [output]; resume_from_checkpoint
     is kept as a run option (``KeyReader.resume``)."""

@@ -54,7 +54,8 @@ HANDLED = words(
     validation_disable output_dir checkpointing_steps checkpoint_step_interval
     checkpoints_total_limit report_to resume_from_checkpoint data_backend_config seed
     train_batch_size gradient_accumulation_steps mixed_precision gradient_checkpointing
-    gradient_checkpointing_interval crop crop_style crop_aspect
+    gradient_checkpointing_interval crop crop_style crop_aspect evaluation_type num_eval_images
+    eval_dataset_id
     """
 ) | frozenset(DATASET_DEFAULTS)
 KNOWN = HANDLED | set(IGNORED) | set(OFF_ONLY) | OTHER_OPTIONS
@@ -82,6 +83,7 @@ class TrainerKeys(KeyReader):
         optim.flow(self)
         optim.ema(self)
         output.validation(self)
+        output.evaluation(self)
         output.output(self)
         optim.simple(self)
         for key in sorted(set(self.raw) - self.used):
