@@ -69,6 +69,7 @@ def test_quickstart_seed_imports_field_by_field(root, hub_cache) -> None:
         repeats=0,
         is_regularisation_data=True,
         disabled=False,
+        caption_dropout=0.1,  # SimpleTuner's default (the quickstart config leaves it out)
     )
     subject = DatasetConfig(
         id="dreambooth-subject",
@@ -80,6 +81,7 @@ def test_quickstart_seed_imports_field_by_field(root, hub_cache) -> None:
         crop=False,  # crop false: maximum/target_downsample_size only act on crops
         minimum_image_size=1024.0,
         repeats=1000,
+        caption_dropout=0.1,
     )
     subject_512 = DatasetConfig(
         id="dreambooth-subject-512",
@@ -91,6 +93,7 @@ def test_quickstart_seed_imports_field_by_field(root, hub_cache) -> None:
         crop=False,
         minimum_image_size=512.0,
         repeats=1000,
+        caption_dropout=0.1,
     )
     assert c.data.datasets == (camera, subject, subject_512)
     # no key silently ignored: every key of every file has a mapping entry

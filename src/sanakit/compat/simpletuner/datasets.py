@@ -145,6 +145,13 @@ _OTHER_SOURCES = (
 _CACHE_KEYS = ("cache_dir", "default", "write_batch_size", "text_encoder_batch_size")
 _CACHE_KEYS += ("text_cache_ondemand", "text_cache_disable")
 _SIZES = ("minimum_image_size", "maximum_image_size", "target_downsample_size")
+# SimpleTuner's area remap (helpers/image_manipulation/training_sample.py, _set_resolution):
+# these megapixel values (within 0.05) train at the listed square edge, not sqrt(MP * 1e6)
+AREA_EDGES = {0.25: 512, 0.5: 768, 1.0: 1024, 2.0: 1536, 4.0: 2048}
+# SimpleTuner's caption_dropout_probability when config.json leaves it out: its field registry
+# registers the key twice (sections/data.py None, then sections/advanced.py 0.1) and the later
+# registration wins (registry._add_field overwrites), so the argument defaults to 0.1
+CAPTION_DROPOUT_DEFAULT = 0.1
 
 
 def import_backends(
@@ -327,9 +334,15 @@ def _image_entry(e: BackendEntry, method: str, batch_size: int) -> dict[str, Any
     for key in ("disabled", "disable"):
         if key in e.entry:
             e.put(key, as_bool(e.file, key, e.entry[key]), "disabled")
-    drop = e.pick("caption_dropout_probability", None)
-    if drop is not None and not is_off(drop):
-        note = "" if "caption_dropout_probability" in e.entry else "from config.json"
+    drop = e.pick("caption_dropout_probability", CAPTION_DROPOUT_DEFAULT)
+    if not is_off(drop):
+        note = (
+            ""
+            if "caption_dropout_probability" in e.entry
+            else "from config.json"
+            if "caption_dropout_probability" in e.defaults
+            else f"SimpleTuner's default {CAPTION_DROPOUT_DEFAULT}"
+        )
         e.put(
             "caption_dropout_probability",
             as_float(e.file, "caption_dropout_probability", drop),
@@ -404,6 +417,19 @@ def _crop(e: BackendEntry) -> None:
         e.unsupported("crop_aspect", aspect, "use square, preserve or closest")
 
 
+def _area_edge(mp: float, origin: str) -> tuple[float, str, str]:
+    """SimpleTuner's ``area`` resolution in megapixels -> sanakit's ``pixel_area`` edge: the
+    remap table's edge for 0.25 / 0.5 / 1.0 / 2.0 / 4.0 MP (SimpleTuner trains 1.0 MP at
+    1024x1024, not 1000x1000), else sqrt(MP * 1e6)."""
+    for key, edge in AREA_EDGES.items():
+        if abs(mp - key) < 0.05:
+            note = f"{mp:g} MP = {edge}x{edge} (SimpleTuner's area remap table)"
+            return float(edge), "pixel_area", "; ".join(x for x in (origin, note) if x)
+    edge = math.sqrt(mp * 1e6)
+    note = f"{mp:g} MP = {edge:.0f} px edge"
+    return edge, "pixel_area", "; ".join(x for x in (origin, note) if x)
+
+
 def _sizes(e: BackendEntry) -> None:
     res = as_float(e.file, "resolution", e.pick("resolution", 1024))
     kind = e.pick("resolution_type", "pixel_area")
@@ -416,9 +442,14 @@ def _sizes(e: BackendEntry) -> None:
         if "resolution" in e.defaults
         else "SimpleTuner's default"
     )
-    e.put("resolution", res, "resolution", origin, res)
+    shown_kind = kind
+    if kind == "area":
+        res, kind, origin = _area_edge(res, origin)
+    e.put("resolution", res, "resolution", origin, e.pick("resolution", 1024))
     origin = "" if "resolution_type" in e.entry else "default"
-    e.put("resolution_type", kind, "resolution_type", origin, kind)
+    if shown_kind == "area":
+        origin = "area in megapixels becomes the pixel edge above"
+    e.put("resolution_type", kind, "resolution_type", origin, shown_kind)
     sizes: dict[str, float] = {}
     for key in _SIZES:
         value = e.pick(key, None)
@@ -428,7 +459,10 @@ def _sizes(e: BackendEntry) -> None:
             continue
         size = as_float(e.file, key, value)
         note = "" if key in e.entry else "from config.json"
-        if kind == "pixel_area" and size <= 10:
+        if shown_kind == "area":
+            size = math.sqrt(size * 1e6)
+            note = f"{value} MP = {size:.0f} px edge (same image area)"
+        elif kind == "pixel_area" and size <= 10:
             size = math.sqrt(size * 1e6)
             note = f"{value} MP (SimpleTuner reads sizes <= 10 as megapixels) = {size:.0f} px edge"
         sizes[key] = size
