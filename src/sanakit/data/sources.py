@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import numbers
 import os
 import re
 import tarfile
@@ -220,10 +221,41 @@ def _cell_bytes(value: Any, base: Path | None) -> bytes:
     raise OSError(f"empty image cell {value!r}")
 
 
+def _with_extension(path: Path, index: dict[Path, dict[str, list[str]]]) -> Path:
+    """``path`` itself, or the one image file named ``path`` plus an image extension when
+    ``path`` does not exist (manifest ids without extension, as SimpleTuner's parquet
+    ``identifier_includes_extension: false``). ``index`` caches each folder's listing."""
+    if path.exists() or _is_image_name(path.name):
+        return path
+    folder = path.parent
+    if folder not in index:
+        names: dict[str, list[str]] = {}
+        try:
+            entries = sorted(os.listdir(folder))
+        except OSError:
+            entries = []
+        for name in entries:
+            if _is_image_name(name):
+                names.setdefault(os.path.splitext(name)[0], []).append(name)
+        index[folder] = names
+    found = index[folder].get(path.name, [])
+    if len(found) > 1:
+        raise CaptionProblem(f"{path} names several images ({', '.join(found)}); add the extension")
+    return folder / found[0] if found else path
+
+
 def _cell_reader(
-    value: Any, base: Path | None, row: int, label: str
+    value: Any,
+    base: Path | None,
+    row: int,
+    label: str,
+    index: dict[Path, dict[str, list[str]]] | None = None,
 ) -> tuple[Callable[[], bytes], str, Path | None]:
-    """A reader for a cell, its report location and its local path (for caption files)."""
+    """A reader for a cell, its report location and its local path (for caption files).
+    With ``index``, a path without extension resolves to its image file (:func:`_with_extension`)
+    and an integer cell is such a path (SimpleTuner's numeric ``id`` columns)."""
+    if index is not None and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = str(value)
     if isinstance(value, dict) and value.get("bytes"):
         return ValueBytes(bytes(value["bytes"])), f"{label}[{row}]", None
     if isinstance(value, dict):
@@ -236,6 +268,8 @@ def _cell_reader(
         path = Path(value)
         if base is not None and not path.is_absolute():
             path = base / path
+        if index is not None:
+            path = _with_extension(path, index)
         return FileBytes(path), str(path), path
     raise CaptionProblem("empty image cell")
 
@@ -250,18 +284,23 @@ def _manifest(cfg: DatasetConfig, path: Path, where: str) -> list[SourceItem]:
     if cfg.masks:
         _require_column(cfg.mask_key, columns, "mask_column", where, f"manifest {path.name}")
     base = path.parent
-    items = []
+    items, index = [], {}
     for i, row in enumerate(rows):
-        items.append(_row_item(cfg, row, i, base, path.name))
+        items.append(_row_item(cfg, row, i, base, path.name, index))
     return items
 
 
 def _row_item(
-    cfg: DatasetConfig, row: dict[str, Any], i: int, base: Path | None, label: str
+    cfg: DatasetConfig,
+    row: dict[str, Any],
+    i: int,
+    base: Path | None,
+    label: str,
+    index: dict[Path, dict[str, list[str]]] | None = None,
 ) -> SourceItem:
     name, location = f"{label}[{i}]", f"{label}[{i}]"
     try:
-        read, location, local = _cell_reader(row.get(cfg.image_key), base, i, label)
+        read, location, local = _cell_reader(row.get(cfg.image_key), base, i, label, index)
     except CaptionProblem as err:
         return SourceItem(name, location, ValueBytes(b""), problem=err.reason)
     if local is not None and base is not None:

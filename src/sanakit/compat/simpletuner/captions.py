@@ -74,6 +74,13 @@ def captions(e: BackendEntry, folder: Path) -> None:
         )
 
 
+_NO_EXTENSION = (
+    "ids without extension: sanakit reads the image file named id + an image extension "
+    "(.jpg .jpeg .png .webp .bmp) beside the manifest (numeric ids too); a name that already "
+    "exists is read as it is"
+)
+
+
 def _parquet(e: BackendEntry, folder: Path) -> None:
     """caption_strategy parquet -> a sanakit manifest whose image paths are relative to it."""
     spec = e.entry.get("parquet")
@@ -113,11 +120,7 @@ def _parquet(e: BackendEntry, folder: Path) -> None:
             if as_bool(e.file, full, value):
                 e.ignored(at, value, "file names include the extension, as sanakit expects")
             else:
-                e.unsupported(
-                    at,
-                    value,
-                    "sanakit needs file names with their extension in the filename column",
-                )
+                e.ignored(at, value, _NO_EXTENSION)
         elif key in ("width_column", "height_column"):
             e.ignored(at, value, "sanakit reads image sizes from the files")
         elif key == "fallback_caption_column" and is_off(value):
@@ -125,9 +128,8 @@ def _parquet(e: BackendEntry, folder: Path) -> None:
         elif key != "path":
             e.unsupported(at, value, "not a parquet setting sanakit reads")
     if "identifier_includes_extension" not in spec:
-        e.unsupported(
+        e.ignored(
             "parquet.identifier_includes_extension",
             "(not set)",
-            "SimpleTuner then appends .png; sanakit needs file names with their "
-            "extension (set it to true)",
+            "SimpleTuner's default false; " + _NO_EXTENSION,
         )
