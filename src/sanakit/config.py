@@ -364,6 +364,7 @@ class DatasetConfig:
     caption_strategy: CaptionStrategy | None = None  # default: textfile (manifest: manifest)
     instance_prompt: str | None = None  # required by caption_strategy = "instance_prompt"
     caption_column: str | None = None  # manifest/hf column or webdataset json field ("caption")
+    fallback_caption_column: str | None = None  # manifest: used where caption_column is empty
     image_column: str | None = None  # manifest/hf column with the image ("image")
     mask_column: str | None = None  # manifest/hf column with the mask image ("mask")
     split: str | None = None  # hf DatasetDict split ("train")
@@ -403,6 +404,8 @@ class DatasetConfig:
              "is only used with caption_strategy = 'instance_prompt'"),
             (strategy == "manifest" or self.caption_column is None, "caption_column",
              "is only used with caption_strategy = 'manifest'"),
+            (self.type == "manifest" and strategy == "manifest" or self.fallback_caption_column is None,
+             "fallback_caption_column", "is only used with type = 'manifest' and caption_strategy = 'manifest'"),
             (self.type in ("manifest", "hf") or self.image_column is None, "image_column",
              "is only used with type = 'manifest' or 'hf'"),
             (self.type in ("manifest", "hf") or self.mask_column is None, "mask_column",

@@ -9,7 +9,9 @@ from PIL import Image
 from tests.compat.conftest import HUB_ID, write_tree
 
 from sanakit.compat import import_config
+from sanakit.config import DatasetConfig
 from sanakit.data.sources import discover
+from sanakit.errors import SanakitError
 
 MINIMAL = {
     "model_family": "sana",
@@ -103,3 +105,54 @@ def test_an_id_naming_several_images_is_a_problem_item(root) -> None:
         items[0].problem == f"{folder / 'a'} names several images (a.jpg, a.png); add the extension"
     )
     assert (items[1].name, items[1].problem) == ("b.png", None)
+
+
+def test_dataloader_md_parquet_example_with_fallback_captions(root) -> None:
+    """DATALOADER.md's parquet block as written: ids without extension, cogvlm captions with
+    tags as the fallback caption column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = root / "datasets" / "pcb"
+    folder.mkdir(parents=True)
+    for i in (1, 2, 3):
+        Image.new("RGB", (64, 64)).save(folder / f"{i}.jpg")
+    table = {
+        "id": [1, 2, 3],
+        "cogvlm_caption": ["a red box", "", None],
+        "tags": ["box, red", "card, blue", None],
+        "width": [64, 64, 64],
+        "height": [64, 64, 64],
+    }
+    pq.write_table(pa.table(table), folder / "photo-concept-bucket.parquet")
+    spec = {
+        "path": "photo-concept-bucket.parquet",
+        "filename_column": "id",
+        "caption_column": "cogvlm_caption",
+        "fallback_caption_column": "tags",
+        "width_column": "width",
+        "height_column": "height",
+        "identifier_includes_extension": False,
+    }
+    write_tree(root, MINIMAL, _backend(spec))
+    result = import_config("config/config.json")
+    assert result.warnings == []
+    ds = result.config.data.datasets[0]
+    assert (ds.caption_column, ds.fallback_caption_column) == ("cogvlm_caption", "tags")
+    items = discover(ds)
+    assert [(i.name, i.captions) for i in items[:2]] == [
+        ("1.jpg", ("a red box",)),
+        ("2.jpg", ("card, blue",)),
+    ]
+    assert items[2].problem == (
+        "missing caption in column 'cogvlm_caption' and in fallback column 'tags'"
+    )
+    # the fallback column must exist, and is a manifest setting only
+    bad = {**spec, "fallback_caption_column": "nope"}
+    write_tree(root, MINIMAL, _backend(bad))
+    with pytest.raises(
+        SanakitError, match=r"fallback_caption_column: manifest .* no column 'nope'"
+    ):
+        discover(import_config("config/config.json").config.data.datasets[0])
+    with pytest.raises(Exception, match="fallback_caption_column"):
+        DatasetConfig(id="x", path="p", type="folder", fallback_caption_column="tags")

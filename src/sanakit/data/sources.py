@@ -281,6 +281,14 @@ def _manifest(cfg: DatasetConfig, path: Path, where: str) -> list[SourceItem]:
     _require_column(cfg.image_key, columns, "image_column", where, f"manifest {path.name}")
     if cfg.captions == "manifest":
         _require_column(cfg.caption_key, columns, "caption_column", where, f"manifest {path.name}")
+    if cfg.fallback_caption_column is not None:
+        _require_column(
+            cfg.fallback_caption_column,
+            columns,
+            "fallback_caption_column",
+            where,
+            f"manifest {path.name}",
+        )
     if cfg.masks:
         _require_column(cfg.mask_key, columns, "mask_column", where, f"manifest {path.name}")
     base = path.parent
@@ -288,6 +296,20 @@ def _manifest(cfg: DatasetConfig, path: Path, where: str) -> list[SourceItem]:
     for i, row in enumerate(rows):
         items.append(_row_item(cfg, row, i, base, path.name, index))
     return items
+
+
+def _manifest_captions(cfg: DatasetConfig, row: dict[str, Any]) -> tuple[str, ...]:
+    """The caption column's captions; where it is missing or empty, the fallback column's."""
+    try:
+        return captions_from_value(row.get(cfg.caption_key), cfg.caption_key)
+    except CaptionProblem as err:
+        fallback = cfg.fallback_caption_column
+        if fallback is None:
+            raise
+        try:
+            return captions_from_value(row.get(fallback), fallback)
+        except CaptionProblem:
+            raise CaptionProblem(f"{err.reason} and in fallback column {fallback!r}") from None
 
 
 def _row_item(
@@ -311,7 +333,7 @@ def _row_item(
     problem, captions, read_mask = None, (), None
     try:
         if cfg.captions == "manifest":
-            captions = captions_from_value(row.get(cfg.caption_key), cfg.caption_key)
+            captions = _manifest_captions(cfg, row)
         else:
             stem = local.stem if local is not None else f"{label}_{i}"
             captions = _fixed_captions(cfg, stem, local)

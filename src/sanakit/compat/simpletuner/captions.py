@@ -125,6 +125,9 @@ def _parquet(e: BackendEntry, folder: Path) -> None:
             e.ignored(at, value, "sanakit reads image sizes from the files")
         elif key == "fallback_caption_column" and is_off(value):
             e.ignored(at, value, "off")
+        elif key == "fallback_caption_column":
+            e.ds["fallback_caption_column"] = as_str(e.file, full, value)
+            e.mapped(at, value, "fallback_caption_column", "used where caption_column is empty")
         elif key != "path":
             e.unsupported(at, value, "not a parquet setting sanakit reads")
     if "identifier_includes_extension" not in spec:
