@@ -156,3 +156,27 @@ def test_dataloader_md_parquet_example_with_fallback_captions(root) -> None:
         discover(import_config("config/config.json").config.data.datasets[0])
     with pytest.raises(Exception, match="fallback_caption_column"):
         DatasetConfig(id="x", path="p", type="folder", fallback_caption_column="tags")
+
+
+def test_parquet_columns_left_out_take_simpletuner_defaults(root) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = root / "datasets" / "pcb"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(folder / "7.png")
+    pq.write_table(pa.table({"id": [7], "description": ["a photo"]}), folder / "m.parquet")
+    write_tree(root, MINIMAL, _backend({"path": "m.parquet"}))
+    result = import_config("config/config.json")
+    ds = result.config.data.datasets[0]
+    assert (ds.image_column, ds.caption_column) == ("id", "description")
+    notes = {e.key: (e.target, e.note) for e in result.mapping if e.key.endswith("_column")}
+    at = "multidatabackend.json[0].parquet"
+    assert notes == {
+        f"{at}.filename_column": ("data.datasets[0].image_column", "SimpleTuner's default 'id'"),
+        f"{at}.caption_column": (
+            "data.datasets[0].caption_column",
+            "SimpleTuner's default 'description'",
+        ),
+    }
+    assert [(i.name, i.captions) for i in discover(ds)] == [("7.png", ("a photo",))]

@@ -130,6 +130,14 @@ def _parquet(e: BackendEntry, folder: Path) -> None:
             e.mapped(at, value, "fallback_caption_column", "used where caption_column is empty")
         elif key != "path":
             e.unsupported(at, value, "not a parquet setting sanakit reads")
+    # SimpleTuner's defaults when the block leaves the columns out (its parquet caption reader)
+    for key, target, default in (
+        ("filename_column", "image_column", "id"),
+        ("caption_column", "caption_column", "description"),
+    ):
+        if key not in spec:
+            e.ds[target] = default
+            e.mapped(f"parquet.{key}", "(not set)", target, f"SimpleTuner's default {default!r}")
     if "identifier_includes_extension" not in spec:
         e.ignored(
             "parquet.identifier_includes_extension",
