@@ -10,6 +10,14 @@ import pytest
 from tests.compat import seed_blocks
 
 HUB_ID = "terminusresearch/sana-1.6b-1024px"
+# the smallest config.json the importer takes (the tests add the keys they check)
+MINIMAL = {
+    "model_family": "sana",
+    "model_type": "full",
+    "pretrained_model_name_or_path": HUB_ID,
+    "data_backend_config": "config/multidatabackend.json",
+    "max_train_steps": 10,
+}
 
 
 def write_tree(

@@ -7,8 +7,7 @@ import json
 
 import pytest
 from tests.compat import seed_blocks
-from tests.compat.conftest import write_tree
-from tests.compat.test_simpletuner_import import MINIMAL
+from tests.compat.conftest import MINIMAL, write_tree
 
 from sanakit.compat import import_config
 from sanakit.errors import SanakitError

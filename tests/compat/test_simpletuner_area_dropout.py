@@ -4,18 +4,11 @@ table) and its ``caption_dropout_probability`` default, from the content of its 
 from __future__ import annotations
 
 import pytest
-from tests.compat.conftest import HUB_ID, write_tree
+from tests.compat.conftest import MINIMAL, write_tree
 
 from sanakit.compat import import_config
 from sanakit.data.buckets import target_bucket
 
-MINIMAL = {
-    "model_family": "sana",
-    "model_type": "full",
-    "pretrained_model_name_or_path": HUB_ID,
-    "data_backend_config": "config/multidatabackend.json",
-    "max_train_steps": 10,
-}
 # SimpleTuner's documentation/api/TUTORIAL.md multidatabackend example (image entry + its cache)
 TUTORIAL = {
     "id": "pixart-camera",

@@ -5,18 +5,11 @@ exact one-line reason."""
 from __future__ import annotations
 
 import pytest
-from tests.compat.conftest import HUB_ID, write_tree
+from tests.compat.conftest import MINIMAL, write_tree
 
 from sanakit.compat import import_config
 from sanakit.errors import SanakitError
 
-MINIMAL = {
-    "model_family": "sana",
-    "model_type": "full",
-    "pretrained_model_name_or_path": HUB_ID,
-    "data_backend_config": "config/multidatabackend.json",
-    "max_train_steps": 10,
-}
 LOCAL = {
     "id": "something-special-to-remember-by",
     "type": "local",

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from tests.compat import seed_blocks
-from tests.compat.conftest import HUB_ID, write_tree
+from tests.compat.conftest import HUB_ID, MINIMAL, write_tree
 
 from sanakit.cli import main
 from sanakit.compat import import_config, is_simpletuner_config
@@ -17,14 +17,6 @@ from sanakit.errors import SanakitError
 from sanakit.flow import auto_shift
 from sanakit.train.config import EmaSection, load_run_config
 from sanakit.train.objective import batch_shift
-
-MINIMAL = {
-    "model_family": "sana",
-    "model_type": "full",
-    "pretrained_model_name_or_path": HUB_ID,
-    "data_backend_config": "config/multidatabackend.json",
-    "max_train_steps": 10,
-}
 
 
 def test_quickstart_seed_imports_field_by_field(root, hub_cache) -> None:

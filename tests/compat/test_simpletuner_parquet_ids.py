@@ -6,20 +6,13 @@ from __future__ import annotations
 
 import pytest
 from PIL import Image
-from tests.compat.conftest import HUB_ID, write_tree
+from tests.compat.conftest import MINIMAL, write_tree
 
 from sanakit.compat import import_config
 from sanakit.config import DatasetConfig
 from sanakit.data.sources import discover
 from sanakit.errors import SanakitError
 
-MINIMAL = {
-    "model_family": "sana",
-    "model_type": "full",
-    "pretrained_model_name_or_path": HUB_ID,
-    "data_backend_config": "config/multidatabackend.json",
-    "max_train_steps": 10,
-}
 NO_EXTENSION = (
     "ids without extension: sanakit reads the image file named id + an image extension "
     "(.jpg .jpeg .png .webp .bmp) beside the manifest (numeric ids too); a name that already "

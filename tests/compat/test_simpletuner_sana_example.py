@@ -9,7 +9,7 @@ import json
 
 import pytest
 from tests.compat import seed_blocks
-from tests.compat.conftest import HUB_ID, write_tree
+from tests.compat.conftest import MINIMAL, write_tree
 from tests.compat.test_simpletuner_train import _images
 from tests.helpers.tiny_pipeline import write_tiny_pipeline
 
@@ -160,15 +160,6 @@ def test_sana_example_trains_two_steps_on_a_tiny_pipeline(root, capsys) -> None:
     run = root / "output" / "examples" / "sana.lycoris-lokr"
     assert list(run.rglob("lokr_weights.safetensors"))
     assert list(run.glob("validation/**/*.png"))
-
-
-MINIMAL = {
-    "model_family": "sana",
-    "model_type": "full",
-    "pretrained_model_name_or_path": HUB_ID,
-    "data_backend_config": "config/multidatabackend.json",
-    "max_train_steps": 10,
-}
 
 
 @pytest.mark.parametrize("kind", [None, "none", False, ""])
