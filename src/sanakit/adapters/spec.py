@@ -47,8 +47,24 @@ def _check_common(spec: LoraSpec | LokrSpec) -> None:
         )
 
 
+class _Targets:
+    """What LoRA and LoKr settings derive alike from ``target_modules``, ``alpha`` and ``rank``."""
+
+    target_modules: tuple[str, ...] | None
+    alpha: float | None
+    rank: int
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self.target_modules or DEFAULT_TARGET_MODULES
+
+    @property
+    def scale_alpha(self) -> float:
+        return float(self.alpha) if self.alpha is not None else float(self.rank)
+
+
 @dataclasses.dataclass(frozen=True)
-class LoraSpec:
+class LoraSpec(_Targets):
     """``[train.lora]``: peft LoRA (Hu et al., 2021, arXiv:2106.09685), W + (alpha / rank) B A.
 
     rank: r. alpha: the scale numerator, scale = alpha / rank; None = rank (scale 1).
@@ -70,17 +86,9 @@ class LoraSpec:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigValueError(self, "dropout", f"must be in [0, 1), got {self.dropout}")
 
-    @property
-    def targets(self) -> tuple[str, ...]:
-        return self.target_modules or DEFAULT_TARGET_MODULES
-
-    @property
-    def scale_alpha(self) -> float:
-        return float(self.alpha) if self.alpha is not None else float(self.rank)
-
 
 @dataclasses.dataclass(frozen=True)
-class LokrSpec:
+class LokrSpec(_Targets):
     """``[train.lokr]``: LyCORIS LoKr, W + s * kron(W1, W2) factorised with ``factor``
     (`sanakit.adapters.lokr` has the shapes; the names are LyCORIS' ``create_lycoris`` kwargs).
 
@@ -128,14 +136,6 @@ class LokrSpec:
                 raise ConfigValueError(
                     self, "init_lokr_norm", "needs full_matrix = true (W1 = 1, W2 full)"
                 )
-
-    @property
-    def targets(self) -> tuple[str, ...]:
-        return self.target_modules or DEFAULT_TARGET_MODULES
-
-    @property
-    def scale_alpha(self) -> float:
-        return float(self.alpha) if self.alpha is not None else float(self.rank)
 
 
 AdapterSpec = LoraSpec | LokrSpec
