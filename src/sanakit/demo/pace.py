@@ -55,11 +55,14 @@ class Pace:
         share = (end.cpu - start.cpu) / wall / max(1, torch.get_num_threads())
         return cls(wall / max(1, steps), steps, share, precision)
 
+    @property
+    def reference_seconds(self) -> float:
+        """The reference machine's step time for this precision."""
+        return REFERENCE_STEP_SECONDS.get(self.precision, REFERENCE_STEP_SECONDS["no"])
+
     def slowdown(self) -> float:
         """This machine's step time over the reference machine's for the same precision."""
-        return self.step_seconds / REFERENCE_STEP_SECONDS.get(
-            self.precision, REFERENCE_STEP_SECONDS["no"]
-        )
+        return self.step_seconds / self.reference_seconds
 
     def reason(self) -> str:
         """Why this machine is slow, in the user's words (for the one-line warning)."""

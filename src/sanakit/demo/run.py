@@ -35,7 +35,6 @@ from tqdm.auto import tqdm
 from sanakit import tomlwriter
 from sanakit.demo.pace import (
     REFERENCE_CPU,
-    REFERENCE_STEP_SECONDS,
     SLOW_FACTOR,
     Pace,
     PaceSample,
@@ -245,7 +244,7 @@ class DemoTrainer(Trainer):
         if pace.slowdown() > SLOW_FACTOR:
             print(
                 f"sanakit demo: warning: {pace.slowdown():.0f}x slower than expected "
-                f"({REFERENCE_STEP_SECONDS[pace.precision]:.2f} s/step on {REFERENCE_CPU}): "
+                f"({pace.reference_seconds:.2f} s/step on {REFERENCE_CPU}): "
                 f"{pace.reason()}",
                 file=sys.stderr,
             )
