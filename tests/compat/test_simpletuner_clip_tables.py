@@ -13,70 +13,6 @@ from tests.compat.conftest import MINIMAL, write_tree
 from sanakit.compat import import_config
 from sanakit.errors import SanakitError
 
-# SimpleTuner simpletuner/examples/sana.lycoris-lokr/config.json (its keys and values)
-SANA_EXAMPLE = {
-    "aspect_bucket_rounding": 2,
-    "base_model_precision": "no_change",
-    "caption_dropout_probability": 0.1,
-    "checkpointing_steps": 50,
-    "checkpoints_total_limit": 5,
-    "compress_disk_cache": True,
-    "data_backend_config": "config/examples/multidatabackend-small-dreambooth-1024px.json",
-    "delete_problematic_images": True,
-    "disable_benchmark": False,
-    "disable_bucket_pruning": True,
-    "ema_update_interval": 25,
-    "ema_validation": "comparison",
-    "evaluation_type": "clip",
-    "flow_schedule_shift": 3,
-    "grad_clip_method": "value",
-    "gradient_accumulation_steps": 1,
-    "gradient_checkpointing": True,
-    "gradient_checkpointing_interval": 1,
-    "hub_model_id": "simpletuner-example-sana-lycoris-lokr",
-    "learning_rate": 2e-5,
-    "lora_alpha": 128,
-    "lora_rank": 128,
-    "lora_type": "lycoris",
-    "lr_scheduler": "constant_with_warmup",
-    "lr_warmup_steps": 100,
-    "lycoris_config": "config/examples/sana.lycoris-lokr/lycoris_config.json",
-    "max_grad_norm": 1,
-    "max_train_steps": 100,
-    "minimum_image_size": 0,
-    "mixed_precision": "bf16",
-    "model_family": "sana",
-    "model_type": "lora",
-    "num_train_epochs": 0,
-    "optimizer": "adamw_bf16",
-    "output_dir": "output/examples/sana.lycoris-lokr",
-    "pretrained_model_name_or_path": "terminusresearch/sana-1.6b-1024px",
-    "push_checkpoints_to_hub": False,
-    "push_to_hub": False,
-    "quantize_via": "cpu",
-    "report_to": "none",
-    "resolution": 1024,
-    "resolution_type": "pixel_area",
-    "resume_from_checkpoint": "latest",
-    "seed": 42,
-    "skip_file_discovery": False,
-    "tracker_project_name": "lycoris-training",
-    "tracker_run_name": "example-training-run",
-    "train_batch_size": 4,
-    "use_ema": True,
-    "vae_batch_size": 1,
-    "validation_guidance": 4.5,
-    "validation_guidance_rescale": 0.0,
-    "validation_lycoris_strength": 1.0,
-    "validation_negative_prompt": "ugly, cropped, blurry, low-quality, mediocre average",
-    "validation_num_inference_steps": 20,
-    "validation_prompt": "A photo-realistic image of a cat holding a sign that reads 'HELLO WORLD'.",
-    "validation_prompt_library": True,
-    "validation_resolution": "1024x1024",
-    "validation_seed": 42,
-    "validation_steps": 50,
-    "validation_torch_compile": False,
-}
 # SimpleTuner's TREAD documentation (TREAD.md, the model quickstarts): its config.json block
 TREAD = {"routes": [{"selection_ratio": 0.5, "start_layer_idx": 2, "end_layer_idx": -2}]}
 _MY_KEYS = ("grad_clip_method", "max_grad_norm", "validation_guidance_rescale")
@@ -90,7 +26,9 @@ def _entry(result, key: str):
 def test_sana_example_clips_values_as_simpletuner_does(root) -> None:
     examples = root / "config" / "examples"
     (examples / "sana.lycoris-lokr").mkdir(parents=True)
-    (examples / "sana.lycoris-lokr" / "config.json").write_text(json.dumps(SANA_EXAMPLE))
+    (examples / "sana.lycoris-lokr" / "config.json").write_text(
+        json.dumps(seed_blocks.SANA_LOKR_EXAMPLE)
+    )
     (examples / "sana.lycoris-lokr" / "lycoris_config.json").write_text(
         seed_blocks.SANA_LYCORIS_CONFIG
     )
