@@ -53,10 +53,12 @@ def model_time(sigma: T, timestep_scale: float, *, discrete: bool = False) -> T:
     (diffusers' ``DPMSolverMultistepScheduler`` keeps integer timesteps).
     ``sigma``: a float or a tensor of any shape (element-wise, in its dtype).
     """
-    t = sigma * NUM_TRAIN_TIMESTEPS
     if discrete:
+        t = sigma * NUM_TRAIN_TIMESTEPS
         t = float(math.floor(t)) if isinstance(t, float) else torch.floor(t)
-    return t * timestep_scale
+        return t * timestep_scale
+    # one product: 1000 * 0.001 == 1.0 exactly, so a dense-time model sees sigma itself
+    return sigma * (NUM_TRAIN_TIMESTEPS * timestep_scale)
 
 
 def auto_shift(

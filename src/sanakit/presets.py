@@ -3,7 +3,7 @@ and a ``tiny`` config for tests and the demo. Plain functions returning `ModelCo
 
 Sources: diffusers' ``scripts/convert_sana_to_diffusers.py`` (layer counts, widths, qk_norm,
 interpolation_scale per resolution: None at 512/1024 px, 1.0 at 2K, 2.0 at 4K) and the
-Sana-Sprint teacher note (qk_norm + timestep_norm_scale_factor 1000).
+Sana-Sprint teacher note (qk_norm + dense time, timestep_scale 0.001).
 """
 
 from __future__ import annotations
@@ -65,9 +65,9 @@ def sana_sprint_1600m() -> ModelConfig:
 
 
 def sana_sprint_teacher_1600m() -> ModelConfig:
-    """The Sana-Sprint teacher: Sana-1600M with qk_norm, fed flow time in [0, 1000) and dividing
-    it by ``timestep_norm_scale_factor`` = 1000 before the timestep embedding."""
-    return sana_15_1600m().replace(timestep_norm_scale_factor=1000.0)
+    """The Sana-Sprint teacher: Sana-1600M with qk_norm and dense time (``timestep_scale`` 0.001:
+    the embedder sees the flow time in [0, 1], NVlabs' ``timestep_norm_scale_factor`` 1000)."""
+    return sana_15_1600m().replace(timestep_scale=0.001)
 
 
 def tiny(in_channels: int = 32, caption_channels: int = 32) -> ModelConfig:

@@ -63,11 +63,12 @@ def test_pipeline_folder_and_dtype(saved, tmp_path) -> None:
     assert torch.equal(loaded.proj_out.weight, model.proj_out.weight.bfloat16())
 
 
-def test_timestep_norm_scale_factor_override(saved) -> None:
+def test_legacy_timestep_norm_scale_factor_becomes_timestep_scale(saved) -> None:
     _, folder = saved
-    loaded = load_transformer(folder, timestep_norm_scale_factor=1000.0)
-    assert loaded.config.timestep_norm_scale_factor == 1000.0
-    assert load_transformer(folder).config.timestep_norm_scale_factor == 1.0
+    raw = json.loads((folder / "config.json").read_text())
+    raw["_sanakit"]["timestep_norm_scale_factor"] = 1000.0
+    (folder / "config.json").write_text(json.dumps(raw))
+    assert load_transformer(folder).config.timestep_scale == 0.001
 
 
 def test_training_settings_are_not_in_the_saved_config(saved) -> None:
@@ -82,12 +83,10 @@ def test_training_settings_are_not_in_the_saved_config(saved) -> None:
 
 
 def test_sanakit_only_fields_survive_a_save(tmp_path) -> None:
-    model = SanaTransformer(
-        CONFIG.replace(timestep_norm_scale_factor=1000.0, linear_attention_eps=1e-8)
-    )
+    model = SanaTransformer(CONFIG.replace(timestep_scale=0.001, linear_attention_eps=1e-8))
     save_transformer(model, tmp_path)
     loaded = load_transformer(tmp_path)
-    assert loaded.config.timestep_norm_scale_factor == 1000.0
+    assert loaded.config.timestep_scale == 0.001
     assert loaded.config.linear_attention_eps == 1e-8
 
 

@@ -25,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--timestep-norm-scale-factor",
         type=float,
         default=1.0,
-        help="1000 for a Sana-Sprint teacher (the model divides its timestep by it)",
+        help="NVlabs' scheduler.timestep_norm_scale_factor: 1000 for a Sana-Sprint teacher "
+        "(dense time; written as timestep_scale = 1/1000 in config.json)",
     )
     p.set_defaults(func=run)
 

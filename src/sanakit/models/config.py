@@ -27,7 +27,7 @@ _DIFFUSERS_BOOKKEEPING = {
 }
 _DIFFUSERS_FIXED = {"dropout": 0.0, "norm_elementwise_affine": False}
 # ModelConfig fields diffusers does not know (written under "_sanakit" in config.json).
-SANAKIT_FIELDS = ("linear_attention_eps", "timestep_norm_scale_factor")
+SANAKIT_FIELDS = ("linear_attention_eps",)
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,6 @@ class ModelConfig:
     timestep_scale: float = 1.0
     # sanakit's own fields (not in diffusers' config.json).
     linear_attention_eps: float = 1e-15
-    timestep_norm_scale_factor: float = 1.0
 
     def __post_init__(self) -> None:
         if self.qk_norm not in QK_NORMS:
@@ -121,4 +120,9 @@ class ModelConfig:
                 raise SanakitError(f"{source}: unknown transformer config key {key!r}")
         if kwargs.get("num_cross_attention_heads") is None:
             kwargs.pop("num_cross_attention_heads", None)
+        # sanakit <= 0.1 saved NVlabs' timestep_norm_scale_factor f (the network divided its time
+        # by f); the same model has timestep_scale / f.
+        legacy = float(config.get("_sanakit", {}).get("timestep_norm_scale_factor", 1.0))
+        if legacy != 1.0:
+            kwargs["timestep_scale"] = kwargs.get("timestep_scale", 1.0) / legacy
         return cls(**kwargs)

@@ -141,8 +141,10 @@ def load_nvlabs_checkpoint(
     if not isinstance(state, dict) or "x_embedder.proj.weight" not in state:
         raise SanakitError(f"{path}: no NVlabs Sana state dict (x_embedder.proj.weight missing)")
     converted = convert_nvlabs_state_dict(state)
+    # NVlabs divides its [0, 1000) time by timestep_norm_scale_factor; diffusers' SanaPipeline
+    # multiplies it by timestep_scale: the same model has timestep_scale = 1 / factor.
     config = infer_config(converted, resolution).replace(
-        timestep_norm_scale_factor=timestep_norm_scale_factor
+        timestep_scale=1.0 / timestep_norm_scale_factor
     )
     with torch.device("meta"):
         model = SanaTransformer(config)

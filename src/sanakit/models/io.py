@@ -84,17 +84,13 @@ def load_transformer(
     *,
     torch_dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
-    timestep_norm_scale_factor: float | None = None,
 ) -> SanaTransformer:
     """Load a diffusers-format Sana transformer (strict: every key must match by name and shape).
 
-    ``torch_dtype`` casts floating tensors (default: keep the stored dtype);
-    ``timestep_norm_scale_factor`` replaces the saved one (a plain diffusers folder has none).
+    ``torch_dtype`` casts floating tensors (default: keep the stored dtype).
     """
     folder = resolve_transformer_dir(path)
     config = read_config(folder)
-    if timestep_norm_scale_factor is not None:
-        config = config.replace(timestep_norm_scale_factor=timestep_norm_scale_factor)
     with torch.device("meta"):
         model = SanaTransformer(config)
     expected = {k: v.shape for k, v in model.state_dict().items()}

@@ -194,8 +194,6 @@ class SanaTransformer(nn.Module):
         tokens = self.patch_embed(x)  # (B, h*w, C)
         dtype = tokens.dtype
         timestep = timestep.reshape(-1).expand(batch)
-        if cfg.timestep_norm_scale_factor != 1.0:
-            timestep = timestep / cfg.timestep_norm_scale_factor
         if guidance is not None:
             guidance = guidance.reshape(-1).expand(batch)
         modulation, t_emb = self.time_embed(

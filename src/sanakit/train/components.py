@@ -142,7 +142,6 @@ def _new_or_loaded_transformer(
 ) -> SanaTransformer:
     m, t = config.model, config.train
     check_model_sources(config)
-    scale = m.timestep_norm_scale_factor  # None: the preset's or the saved value
     if m.preset:
         preset = get_preset(m.preset)
         unknown = set(m.preset_overrides or {}) - set(preset.__dataclass_fields__)
@@ -155,13 +154,9 @@ def _new_or_loaded_transformer(
             out_channels=latent_channels,
             caption_channels=text_channels,
         )
-        if scale is not None:
-            cfg = cfg.replace(timestep_norm_scale_factor=scale)
         torch.manual_seed(t.seed)
         return SanaTransformer(cfg)
-    model = load_transformer(
-        transformer_source(config), torch_dtype=torch.float32, timestep_norm_scale_factor=scale
-    )
+    model = load_transformer(transformer_source(config), torch_dtype=torch.float32)
     if (
         model.config.in_channels != latent_channels
         or model.config.caption_channels != text_channels

@@ -62,7 +62,6 @@ class ModelSection:
     use_instruction: bool = True
     text_max_length: int = 300
     encoder_dtype: DType = "bf16"  # frozen text encoder / autoencoder while caching
-    timestep_norm_scale_factor: float | None = None  # Sprint teacher: 1000
 
     def __post_init__(self) -> None:
         sources = [k for k in ("base", "transformer", "preset") if getattr(self, k)]
