@@ -21,7 +21,8 @@ MASK_BIAS = -10000.0
 
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight, statistics in fp32 (diffusers' RMSNorm semantics)."""
+    """x / sqrt(mean(x^2) + eps) * weight, statistics in fp32 (diffusers' RMSNorm semantics;
+    fp64 for fp64 inputs, so float64 checks such as the Sprint JVP tests see no fp32 rounding)."""
 
     def __init__(self, dim: int, eps: float = 1e-5, weight_init: float = 1.0) -> None:
         super().__init__()
@@ -29,7 +30,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.full((dim,), float(weight_init)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        variance = x.float().pow(2).mean(-1, keepdim=True)
+        variance = x.to(torch.promote_types(x.dtype, torch.float32)).pow(2).mean(-1, keepdim=True)
         x = x * torch.rsqrt(variance + self.eps)
         if self.weight.dtype in (torch.float16, torch.bfloat16):
             x = x.to(self.weight.dtype)
@@ -42,13 +43,15 @@ def sinusoidal_embedding(
     """(B,) -> (B, dim) embedding [cos(t*f_i), sin(t*f_i)], f_i = max_period^(-i/(dim/2)).
 
     The cos-first order is diffusers' ``flip_sin_to_cos=True`` with ``downscale_freq_shift=0``
-    (the DiT / PixArt convention Sana inherits). Computed in fp32.
+    (the DiT / PixArt convention Sana inherits). Computed in fp32 (fp64 for an fp64 ``t``); never
+    rounded, so d/dt of the embedding is exact (the Sprint JVP's pure-time tangent).
     """
     half = dim // 2
+    dtype = torch.promote_types(t.dtype, torch.float32)
     freqs = torch.exp(
         -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
-    )
-    args = t.float()[:, None] * freqs[None]
+    ).to(dtype)
+    args = t.to(dtype)[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
@@ -234,6 +237,9 @@ class LinearAttention(nn.Module):
         super().__init__()
         self.heads = heads
         self.eps = eps
+        # True inside SanaTransformer.forward_ad_compatible(): the same fp32 products in plain
+        # torch ops, which forward-mode AD (torch.func.jvp, sCM's tangent) can differentiate.
+        self.forward_ad = False
         self.to_q = nn.Linear(dim, dim, bias=bias)
         self.to_k = nn.Linear(dim, dim, bias=bias)
         self.to_v = nn.Linear(dim, dim, bias=bias)
@@ -251,12 +257,30 @@ class LinearAttention(nn.Module):
             q, k = self.norm_q(q), self.norm_k(k)
         # (B, N, C) -> (B, h, N, d)
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
-        out = LinearAttentionCore.apply(q, k, v, self.eps)
+        if self.forward_ad:
+            with torch.autocast(device_type=q.device.type, enabled=False):
+                out = LinearAttentionCore._products(q, k, v, self.eps)[4]
+        else:
+            out = LinearAttentionCore.apply(q, k, v, self.eps)
         out = rearrange(out, "b h n d -> b n (h d)").to(dtype)
         out = self.to_out[0](out)
         if dtype == torch.float16:
             out = out.clip(-65504, 65504)
         return out
+
+
+def explicit_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_bias: torch.Tensor | None
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + mask_bias) v in fp32 plain ops; q (B, h, N, d), k, v (B, h, L, d),
+    mask_bias (B, 1, 1, L) additive. Equals ``scaled_dot_product_attention`` and, unlike its fused
+    kernels, supports forward-mode AD (the Sprint student's JVP, NVlabs' "vanilla" attention)."""
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        dtype = torch.promote_types(q.dtype, torch.float32)
+        scores = q.to(dtype) @ k.to(dtype).transpose(-1, -2) * q.shape[-1] ** -0.5  # (B, h, N, L)
+        if mask_bias is not None:
+            scores = scores + mask_bias.to(dtype)
+        return scores.softmax(dim=-1) @ v.to(dtype)
 
 
 class CrossAttention(nn.Module):
@@ -268,6 +292,9 @@ class CrossAttention(nn.Module):
     def __init__(self, dim: int, heads: int, head_dim: int, qk_norm: str | None) -> None:
         super().__init__()
         self.heads = heads
+        # True inside SanaTransformer.forward_ad_compatible(): explicit fp32 softmax attention
+        # (torch 2.13's fused CPU/CUDA SDPA kernels have no forward-mode AD formula).
+        self.forward_ad = False
         self.to_q = nn.Linear(dim, heads * head_dim)
         self.to_k = nn.Linear(dim, heads * head_dim)
         self.to_v = nn.Linear(dim, heads * head_dim)
@@ -285,7 +312,10 @@ class CrossAttention(nn.Module):
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_bias)
+        if self.forward_ad:
+            out = explicit_attention(q, k, v, mask_bias)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_bias)
         out = rearrange(out, "b h n d -> b n (h d)").to(q.dtype)
         return self.to_out[0](out)
 

@@ -7,6 +7,9 @@ text (B, L, caption_channels), text_mask (B, L) of 0/1, guidance (B,) (Sprint mo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -173,6 +176,24 @@ class SanaTransformer(nn.Module):
             raise SanakitError("gradient_checkpointing_interval must be >= 1")
         self.gradient_checkpointing = enabled
         self.gradient_checkpointing_interval = interval
+
+    @contextmanager
+    def forward_ad_compatible(self) -> Iterator[None]:
+        """Within the block, the forward supports forward-mode AD (``torch.func.jvp``): attention
+        runs in plain fp32 ops instead of the custom-backward linear-attention kernel and the
+        fused SDPA, and gradient checkpointing is bypassed (sCM's tangent, Sana-Sprint §4.5).
+        Same outputs as the normal path up to fp32 rounding."""
+        attention = [m for m in self.modules() if isinstance(m, LinearAttention | CrossAttention)]
+        checkpointing = self.gradient_checkpointing
+        for module in attention:
+            module.forward_ad = True
+        self.gradient_checkpointing = False
+        try:
+            yield
+        finally:
+            for module in attention:
+                module.forward_ad = False
+            self.gradient_checkpointing = checkpointing
 
     def forward(
         self,
