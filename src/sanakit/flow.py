@@ -16,7 +16,8 @@ All functions are pure; tensors keep their device, shapes are given in the docst
 from __future__ import annotations
 
 import math
-from typing import Literal, TypeVar
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 import torch
 
@@ -258,3 +259,28 @@ def trigflow_to_flow_velocity(
     s = _per_sample(_t(s), x_flow_input)
     q = s * s + (1.0 - s) * (1.0 - s)
     return (f * torch.sqrt(q) - (1.0 - 2.0 * s) * x_flow_input) / q
+
+
+def trigflow_output(
+    velocity: Callable[..., torch.Tensor],
+    x_in: torch.Tensor,
+    t: torch.Tensor,
+    *args: Any,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """The training-free Flow -> TrigFlow wrapper (Sana-Sprint; NVlabs ``SanaMSCM.forward``,
+    diffusers ``SanaSprintPipeline``): the TrigFlow output ``F`` of a flow-velocity network.
+
+    ``x_in = x_t / sigma_d`` ``(B, C, H, W)``, TrigFlow time ``t`` ``(B,)``; the network is called as
+    ``velocity(x_s, s, *args, **kwargs)`` with the flow time ``s = sin t / (sin t + cos t)`` fed
+    as it is (dense time: a Sprint student, or a teacher with ``timestep_scale`` 0.001) and the
+    flow state ``x_s = x_in sqrt(s^2 + (1 - s)^2)``; returns
+    ``F = ((1 - 2s) x_s + (1 - 2s + 2s^2) v) / sqrt(s^2 + (1 - s)^2)`` in ``t``'s precision (fp32
+    or fp64; the network's output is upcast), so ``dx_t/dt = sigma_d F`` and
+    ``cos t x_t - sin t sigma_d F = sigma_d (x_s - s v)``. Plain differentiable ops: forward-mode
+    AD through ``t`` reaches the time embedding (the sCM tangent).
+    """
+    s = trigflow_to_flow_time(t)
+    x_flow = trigflow_to_flow_state(x_in, t, sigma_data=1.0)
+    v = velocity(x_flow, s, *args, **kwargs)
+    return flow_velocity_to_trigflow(x_flow, v.to(x_flow.dtype), s)

@@ -25,10 +25,9 @@ import torch
 from sanakit.errors import SanakitError
 from sanakit.flow import (
     NUM_TRAIN_TIMESTEPS,
-    flow_velocity_to_trigflow,
     model_time,
     time_shift,
-    trigflow_to_flow_state,
+    trigflow_output,
 )
 
 ModelFn = Callable[..., torch.Tensor]
@@ -326,10 +325,7 @@ def scm(
     for i in range(steps):
         t, t_next = times[i], times[i + 1]
         t_vec = t.expand(batch)  # (B,)
-        s = torch.sin(t_vec) / (torch.cos(t_vec) + torch.sin(t_vec))  # (B,) flow time
-        x_in = trigflow_to_flow_state(x, t_vec, sigma_data)
-        v = model(x_in, s, text, mask, **extra).float()
-        f = flow_velocity_to_trigflow(x_in, v, s) * sigma_data
+        f = trigflow_output(model, x / sigma_data, t_vec, text, mask, **extra) * sigma_data
         x0 = torch.cos(t) * x - torch.sin(t) * f
         z = randn(x.shape, generator, x.device) * sigma_data
         x = torch.cos(t_next) * x0 + torch.sin(t_next) * z
