@@ -21,7 +21,9 @@ from sanakit.config import check_output_folder
 from sanakit.errors import SanakitError
 
 if TYPE_CHECKING:
-    from sanakit.pipeline import PipelineSpec, Plan
+    from PIL.PngImagePlugin import PngInfo
+
+    from sanakit.pipeline import PipelineSpec, Plan, TextToImage
 
 DOWNSAMPLE = 32  # DC-AE: image sides must be multiples of 32 without resolution binning
 DTYPES = ("bf16", "fp32")
@@ -251,18 +253,58 @@ def binning_note(plan: Plan) -> str | None:
     )
 
 
+def device_and_dtype(device: str | None, dtype: str | None) -> tuple[str, str]:
+    """``--device`` (default cuda when available) and ``--dtype`` (default bf16 on cuda, fp32 on
+    the CPU); a cuda device without CUDA is an error."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SanakitError(f"--device {device}: CUDA is not available; use --device cpu")
+    return device, dtype or ("bf16" if device.startswith("cuda") else "fp32")
+
+
+def load_pipeline(
+    model: Path, loras: list[Path], lora_scale: float, device: str, dtype_name: str
+) -> TextToImage:
+    """The pipeline folder ``model`` in ``dtype_name`` on ``device`` with every adapter of
+    ``loras`` applied at ``lora_scale`` (the adapters stack)."""
+    import torch
+
+    from sanakit.pipeline import TextToImage
+
+    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+    pipe = TextToImage.from_pretrained(model, dtype=dtype, device=device)
+    if loras:
+        from sanakit.adapters import load_adapter_into
+
+        for adapter in loras:
+            load_adapter_into(pipe.transformer, adapter, scale=lora_scale)
+    return pipe
+
+
+def png_info(meta: dict[str, object]) -> PngInfo:
+    """PNG text chunks: every key of ``meta`` (None as "") and all of it as JSON in
+    ``parameters``."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in meta.items():
+        info.add_text(key, "" if value is None else str(value))
+    info.add_text("parameters", json.dumps(meta))
+    return info
+
+
 def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompt, args.prompts_file)
     check_args(args)
     seeds = [args.seed + j for j in range(args.num_images)]
     paths = output_paths(args.out, len(prompts) * args.num_images, len(prompts), seeds)
 
-    import torch
-    from PIL.PngImagePlugin import PngInfo
     from tqdm import tqdm
 
     from sanakit import __version__
-    from sanakit.pipeline import PipelineSpec, TextToImage
+    from sanakit.pipeline import PipelineSpec
 
     spec = PipelineSpec.read(args.model)  # config files only: no weights yet
     plan = spec.resolve(
@@ -276,23 +318,14 @@ def run(args: argparse.Namespace) -> int:
         use_resolution_binning=args.resolution_binning,
         names=FLAGS,
     )
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SanakitError(f"--device {device}: CUDA is not available; use --device cpu")
-    dtype_name = args.dtype or ("bf16" if device.startswith("cuda") else "fp32")
-    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+    device, dtype_name = device_and_dtype(args.device, args.dtype)
     if not args.force:
         check_size(plan, spec)
         check_memory(plan, spec, args.num_images, 2 if dtype_name == "bf16" else 4, device)
     note = binning_note(plan) if args.resolution_binning else None
     if note:
         print(f"sanakit: {note}", file=sys.stderr)
-    pipe = TextToImage.from_pretrained(args.model, dtype=dtype, device=device)
-    if args.lora:
-        from sanakit.adapters import load_adapter_into
-
-        for adapter in args.lora:
-            load_adapter_into(pipe.transformer, adapter, scale=args.lora_scale)
+    pipe = load_pipeline(args.model, args.lora, args.lora_scale, device, dtype_name)
     settings = {
         "negative_prompt": args.negative_prompt,
         "steps": plan.steps,
@@ -330,13 +363,9 @@ def run(args: argparse.Namespace) -> int:
             )
             for j, image in enumerate(images):
                 meta = {"prompt": prompt, "seed": seeds[j], **settings}
-                info = PngInfo()
-                for key, value in meta.items():
-                    info.add_text(key, "" if value is None else str(value))
-                info.add_text("parameters", json.dumps(meta))
                 path = paths[i * args.num_images + j]
                 path.parent.mkdir(parents=True, exist_ok=True)
-                image.save(path, pnginfo=info)
+                image.save(path, pnginfo=png_info(meta))
                 written += 1
     finally:
         bar.close()
