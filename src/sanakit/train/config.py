@@ -31,6 +31,7 @@ from sanakit.config import (
 )
 from sanakit.errors import SanakitError
 
+from sanakit.sprint.config import DistillSection
 Precision = Literal["auto", "bf16", "fp16", "no"]  # auto: see sanakit.hardware
 DType = Literal["bf16", "fp16", "fp32"]
 
@@ -399,6 +400,7 @@ def load_run_config(path: str | Path, overrides: tuple[str, ...] = ()) -> RunCon
     # and the defaults of keys left out belong to the file's folder too
     return run_config_from_dict(absolute_paths(to_dict(from_dict(RunConfig, raw)), folder))
 
+    distill: DistillSection | None = None  # Sana-Sprint distillation (`sanakit distill` only)
 
 def run_config_from_dict(raw: dict[str, Any]) -> RunConfig:
     """The validated :class:`RunConfig` of a plain dict. Besides the key/type/value checks, the
@@ -456,3 +458,4 @@ def absolute_paths(raw: dict[str, Any], base: str | Path) -> dict[str, Any]:
 def with_absolute_paths(config: RunConfig, base: str | Path) -> RunConfig:
     """``config`` with every relative path, including defaults, joined to the folder ``base``."""
     return run_config_from_dict(absolute_paths(to_dict(config), base))
+    "distill.teacher",

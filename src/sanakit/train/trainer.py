@@ -64,7 +64,11 @@ class Trainer:
     ``output_dir`` replaces ``output.dir`` (also in the ``config.json`` written to the folder);
     ``resume`` is ``"latest"`` or a checkpoint folder. Without ``resume``, an output folder that
     already holds a checkpoint raises :class:`~sanakit.train.checkpoint.RunExistsError`.
+    Subclasses (Sana-Sprint distillation) replace ``_build_model``, ``compute_loss``,
+    ``validate``, ``parts`` and ``export``.
     """
+
+    caption_dropout: float | None = None  # None: each dataset's caption_dropout
 
     def __init__(
         self, config: RunConfig, *, output_dir: str | None = None, resume: str | None = None
@@ -142,7 +146,12 @@ class Trainer:
         self.memo = memo.lookup()
         train_data = components.with_disabled(cfg.data, eval_ids)
         self.loader = make_loader(
-            train_data, batch_size=t.batch_size, seed=t.seed, rank=self.rank, world_size=self.world
+            train_data,
+            batch_size=t.batch_size,
+            seed=t.seed,
+            rank=self.rank,
+            world_size=self.world,
+            caption_dropout=self.caption_dropout,
         )
         self.eval_data = (
             components.with_disabled(cfg.data, {d.id for d in cfg.data.datasets} - eval_ids)
@@ -342,12 +351,14 @@ class Trainer:
         with StopRequest() as stop, bar:
             self._train_loop(bar, stop)
         self.validate()
-        final = None
-        if self.accelerator.is_main_process:
-            final = export_final(cfg, self.model, adapter=self.adapter, ema=self.ema)
+        final = self.export() if self.accelerator.is_main_process else None
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
         return final
+
+    def export(self) -> Path:
+        """Write ``final/`` (main process): the pipeline, or the adapter (:func:`export_final`)."""
+        return export_final(self.config, self.model, adapter=self.adapter, ema=self.ema)
 
     def _train_loop(self, bar: tqdm, stop: StopRequest) -> None:
         cfg = self.config
