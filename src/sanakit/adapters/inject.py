@@ -32,6 +32,7 @@ from sanakit.adapters.lora import (
 )
 from sanakit.adapters.spec import DEFAULT_TARGET_MODULES, AdapterSpec, LoraSpec, spec_record
 from sanakit.errors import SanakitError
+from sanakit.quantize import quantized_layers
 
 SPEC_METADATA_KEY = "sanakit_adapter"  # spec_record as JSON in the safetensors header
 
@@ -168,6 +169,12 @@ class AdapterHandle:
         and this handle is closed.
         """
         self._live()
+        quantized = quantized_layers(self.model)
+        if quantized:
+            raise SanakitError(
+                f"cannot merge an adapter into a quantised base ({len(quantized)} layers, e.g. "
+                f"{next(iter(quantized))}); save it and merge into the full-precision model"
+            )
         if isinstance(self.spec, LoraSpec):
             self._backend.merge_and_unload()
             drop_peft_config(self.model)

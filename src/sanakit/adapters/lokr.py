@@ -27,6 +27,7 @@ from torch import nn
 
 from sanakit.adapters.spec import LokrSpec
 from sanakit.errors import SanakitError
+from sanakit.quantize import dequantized_weight, is_quantized_layer
 
 LOKR_WEIGHT_NAME = "lokr_weights.safetensors"
 LYCORIS_PREFIX = "lycoris"
@@ -99,6 +100,10 @@ def inject_lokr(
     ``model.lycoris`` (so ``model.to``, ``model.parameters()`` and DDP see it). Returns the
     network and export key (``lycoris_<module>.lokr_w1``...) -> fp32 parameter."""
     alpha = spec.scale_alpha
+    # a quantised base (sanakit.quantize): LyCORIS' bypass forward, W x + s kron(W1, W2) x,
+    # which never rebuilds W (it does so itself for bnb Linears, not for QuantizedConv1x1)
+    quantized = any(is_quantized_layer(model.get_submodule(m)) for m in modules)
+    extra = {"bypass_mode": True} if quantized else {}
     with _lycoris_targets(modules) as network_cls:
         network = network_cls(
             model,
@@ -112,6 +117,7 @@ def inject_lokr(
             factor=spec.factor,
             decompose_both=spec.decompose_both,
             full_matrix=spec.full_matrix,
+            **extra,
         )
     loras = network.loras
     if sorted(lora.lora_name for lora in loras) != sorted(lycoris_name(m) for m in modules):
@@ -155,7 +161,7 @@ def _init_lokr_norm(loras: list[nn.Module], scale: float) -> None:
     """W1 = 1 and W2 = scale * (mean(W) + std(W) * z), z standardised normal noise, so the first
     delta kron(1, W2) tiles a small copy of the base weight statistics (SimpleTuner's option)."""
     for lora in loras:
-        base = lora.org_weight.detach().float()
+        base = dequantized_weight(lora.org_module[0])  # a quantised base's real weights
         noise = torch.randn_like(lora.lokr_w2)
         noise = (noise - noise.mean()) / noise.std()
         lora.lokr_w1.fill_(1.0)

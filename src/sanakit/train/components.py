@@ -128,12 +128,25 @@ def transformer_source(config: RunConfig) -> str | None:
 
 
 def build_transformer(
-    config: RunConfig, *, latent_channels: int, text_channels: int
+    config: RunConfig,
+    *,
+    latent_channels: int,
+    text_channels: int,
+    device: str | torch.device = "cpu",
 ) -> SanaTransformer:
-    """The model to train in fp32 (master weights), with gradient checkpointing as configured."""
+    """The model to train in fp32 (master weights), with gradient checkpointing as configured.
+
+    With ``model.quantize`` (adapter runs only) the frozen base's large layers are replaced by
+    int8 / nf4 ones (:func:`sanakit.quantize.quantize_layers`), one layer at a time, on the CPU
+    or on ``device`` (``model.quantize_via``), and placed on ``device``; the rest of the model
+    stays where it was built (the trainer moves it)."""
     model = _new_or_loaded_transformer(config, latent_channels, text_channels)
-    t = config.train
+    t, m = config.train, config.model
     model.set_gradient_checkpointing(t.gradient_checkpointing, t.gradient_checkpointing_interval)
+    if m.quantize != "none":
+        from sanakit.quantize import quantize_layers
+
+        quantize_layers(model, m.quantize, via=m.quantize_via or "cpu", device=device)
     return model
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import math
 import os
 from pathlib import Path
@@ -31,7 +32,6 @@ from sanakit.config import (
 )
 from sanakit.errors import SanakitError
 
-from sanakit.sprint.config import DistillSection
 Precision = Literal["auto", "bf16", "fp16", "no"]  # auto: see sanakit.hardware
 DType = Literal["bf16", "fp16", "fp32"]
 
@@ -39,6 +39,29 @@ DType = Literal["bf16", "fp16", "fp32"]
 # rank; adapters train a small fraction of the weights and take ~10x more.
 DEFAULT_LR = {"full": 1e-5, "lora": 1e-4, "lokr": 1e-4}
 DEFAULT_EPS = 1e-8  # torch AdamW's
+# train.optimizer -> (module, pip package) for the ones that need an optional package
+OPTIMIZER_PACKAGES = {
+    "adamw8bit": ("bitsandbytes", "bitsandbytes"),
+    "lion8bit": ("bitsandbytes", "bitsandbytes"),
+    "paged_adamw8bit": ("bitsandbytes", "bitsandbytes"),
+    "paged_lion8bit": ("bitsandbytes", "bitsandbytes"),
+    "optimi-adamw": ("optimi", "torch-optimi"),
+    "optimi-lion": ("optimi", "torch-optimi"),
+    "came": ("came_pytorch", "came-pytorch"),
+}
+NO_EPS_OPTIMIZERS = {
+    "lion8bit": "Lion has no eps",
+    "paged_lion8bit": "Lion has no eps",
+    "optimi-lion": "Lion has no eps",
+    "adafactor": "Adafactor keeps its own eps pair",
+    "came": "CAME keeps its own eps pair",
+}
+
+
+def missing_package(what: str, module: str, package: str) -> None:
+    """A one-line error when ``module`` cannot be imported: ``what`` needs ``package``."""
+    if importlib.util.find_spec(module) is None:
+        raise SanakitError(f"{what} needs the {package!r} package: pip install {package}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +86,12 @@ class ModelSection:
     use_instruction: bool = True
     text_max_length: int = 300
     encoder_dtype: DType = "bf16"  # frozen text encoder / autoencoder while caching
+    # low VRAM (docs/low-vram.md, sanakit.quantize): the frozen base of a LoRA/LoKr run stored in
+    # 8 or 4 bits, quantised layer by layer on the CPU (default) or on the training device
+    quantize: Literal["none", "int8", "nf4"] = "none"
+    quantize_via: Literal["cpu", "device"] | None = None  # default "cpu"; needs quantize
+    text_encoder_quantize: Literal["none", "int8", "nf4"] = "none"  # while caching only
+    vae_tiling: bool = False  # DC-AE encodes large images in 512-px tiles while caching
 
     def __post_init__(self) -> None:
         sources = [k for k in ("base", "transformer", "preset") if getattr(self, k)]
@@ -95,6 +124,13 @@ class ModelSection:
             raise ConfigValueError(self, "instruction", "is set but use_instruction = false")
         if self.text_max_length < 2:
             raise ConfigValueError(self, "text_max_length", "must be >= 2")
+        if self.quantize_via is not None and self.quantize == "none":
+            raise ConfigValueError(self, "quantize_via", "does nothing with quantize = 'none'")
+        if self.vae_tiling and self.autoencoder != "dc-ae":
+            raise ConfigValueError(self, "vae_tiling", "applies to autoencoder = 'dc-ae' only")
+        for key in ("quantize", "text_encoder_quantize"):
+            if getattr(self, key) != "none":
+                missing_package(f"model.{key}", "bitsandbytes", "bitsandbytes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +156,17 @@ class TrainSection:
     lora: LoraSpec | None = None  # sanakit.adapters.spec: the adapter settings themselves
     lokr: LokrSpec | None = None
     lr: float | None = None  # default by method: 1e-5 full, 1e-4 lora/lokr
-    optimizer: Literal["adamw", "adamw8bit", "lion8bit", "optimi-adamw", "optimi-lion"] = "adamw"
+    optimizer: Literal[
+        "adamw",
+        "adamw8bit",
+        "lion8bit",
+        "paged_adamw8bit",
+        "paged_lion8bit",
+        "optimi-adamw",
+        "optimi-lion",
+        "adafactor",
+        "came",
+    ] = "adamw"
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     eps: float = DEFAULT_EPS  # adamw* only (Lion has none)
@@ -237,13 +283,22 @@ class TrainSection:
                 "max_nonfinite_recoveries",
                 f"must be >= 0, got {self.max_nonfinite_recoveries}",
             )
-        if self.optimizer in ("lion8bit", "optimi-lion") and self.eps != DEFAULT_EPS:
-            # Lion8bit (bitsandbytes) and optimi's Lion take no eps (no denominator to guard)
+        if self.optimizer in NO_EPS_OPTIMIZERS and self.eps != DEFAULT_EPS:
+            # Lion (bitsandbytes, optimi) has no eps (no denominator to guard); Adafactor and
+            # CAME keep their own pair of regularisation constants
             raise ConfigValueError(
                 self,
                 "eps",
-                f"does nothing with train.optimizer = {self.optimizer!r} (Lion has no eps)",
+                f"does nothing with train.optimizer = {self.optimizer!r} "
+                f"({NO_EPS_OPTIMIZERS[self.optimizer]})",
             )
+        if self.optimizer == "adafactor" and self.betas != (0.9, 0.999):
+            raise ConfigValueError(
+                self, "betas", "does nothing with train.optimizer = 'adafactor' (no momentum)"
+            )
+        if self.optimizer in OPTIMIZER_PACKAGES:
+            what = f"train.optimizer = {self.optimizer!r}"
+            missing_package(what, *OPTIMIZER_PACKAGES[self.optimizer])
         if not -(2**63) <= self.seed < 2**64:  # torch.manual_seed's range
             raise ConfigValueError(self, "seed", f"must be a 64-bit integer, got {self.seed}")
 
@@ -359,6 +414,13 @@ class RunConfig:
                 "holds out every dataset; nothing left to train on",
             )
         t = self.train
+        if self.model.quantize != "none" and t.method == "full":
+            raise ConfigValueError(
+                self,
+                "model.quantize",
+                "needs train.method 'lora' or 'lokr': a full fine-tune updates the base weights, "
+                "which a quantised model cannot train",
+            )
         if not any(ds.is_regularisation_data for ds in self.data.active):
             for key, default in (("prior_loss_weight", 1.0), ("regularisation_target", "data")):
                 if getattr(t, key) != default:
@@ -400,7 +462,6 @@ def load_run_config(path: str | Path, overrides: tuple[str, ...] = ()) -> RunCon
     # and the defaults of keys left out belong to the file's folder too
     return run_config_from_dict(absolute_paths(to_dict(from_dict(RunConfig, raw)), folder))
 
-    distill: DistillSection | None = None  # Sana-Sprint distillation (`sanakit distill` only)
 
 def run_config_from_dict(raw: dict[str, Any]) -> RunConfig:
     """The validated :class:`RunConfig` of a plain dict. Besides the key/type/value checks, the
@@ -458,4 +519,3 @@ def absolute_paths(raw: dict[str, Any], base: str | Path) -> dict[str, Any]:
 def with_absolute_paths(config: RunConfig, base: str | Path) -> RunConfig:
     """``config`` with every relative path, including defaults, joined to the folder ``base``."""
     return run_config_from_dict(absolute_paths(to_dict(config), base))
-    "distill.teacher",

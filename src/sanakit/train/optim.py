@@ -13,14 +13,28 @@ wrapped in ``torch.optim.lr_scheduler.LambdaLR``:
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 from collections.abc import Iterable
 
 import torch
 
 from sanakit.errors import SanakitError
+from sanakit.train.config import OPTIMIZER_PACKAGES
 
-OPTIMIZERS = ("adamw", "adamw8bit", "lion8bit", "optimi-adamw", "optimi-lion")
+log = logging.getLogger("sanakit.train")
+
+OPTIMIZERS = (
+    "adamw",
+    "adamw8bit",
+    "lion8bit",
+    "paged_adamw8bit",
+    "paged_lion8bit",
+    "optimi-adamw",
+    "optimi-lion",
+    "adafactor",
+    "came",
+)
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "polynomial")
 
 
@@ -52,13 +66,26 @@ def lr_multiplier(
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _import_optional(module: str, package: str, option: str):
+def _import_optional(option: str):
+    module, package = OPTIMIZER_PACKAGES[option]
     try:
         return importlib.import_module(module)
     except ImportError as err:
         raise SanakitError(
             f"train.optimizer={option!r} needs the {package!r} package: pip install {package}"
         ) from err
+
+
+def _bnb_optim(name: str, params: list[torch.nn.Parameter]):
+    """bitsandbytes' optimizer module; paged variants keep their state in CUDA unified memory,
+    which pages to CPU RAM under pressure (bitsandbytes' paged optimizers): on the CPU there is
+    nothing to page to, and bitsandbytes runs them unpaged (said once in the log)."""
+    bnb = _import_optional(name)
+    if name.startswith("paged_") and all(p.device.type == "cpu" for p in params):
+        log.info(
+            "train.optimizer=%r on the CPU: paging needs CUDA, so it runs as %s", name, name[6:]
+        )
+    return bnb.optim
 
 
 def build_optimizer(
@@ -70,25 +97,31 @@ def build_optimizer(
     weight_decay: float = 0.01,
     eps: float = 1e-8,
 ) -> torch.optim.Optimizer:
-    """adamw (torch), adamw8bit / lion8bit (bitsandbytes), optimi-adamw / optimi-lion
-    (torch-optimi)."""
+    """adamw (torch); adamw8bit / lion8bit and their paged_ variants (bitsandbytes: 8-bit
+    blockwise state, Dettmers et al., 2022, arXiv:2110.02861); optimi-adamw / optimi-lion
+    (torch-optimi); adafactor (torch's: factored second moment, no momentum; Shazeer & Stern,
+    2018); came (came-pytorch: confidence-guided Adafactor, Luo et al., 2023, its third beta
+    left at 0.9999). Lion, Adafactor and CAME take no ``eps`` (TrainSection rejects one)."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise SanakitError("no trainable parameters (check train.method and the adapter targets)")
+    kw = dict(lr=lr, weight_decay=weight_decay)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
-    if name == "adamw8bit":
-        bnb = _import_optional("bitsandbytes", "bitsandbytes", name)
-        return bnb.optim.AdamW8bit(params, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
-    if name == "lion8bit":  # no eps: Lion has none, and TrainSection rejects a train.eps with it
-        bnb = _import_optional("bitsandbytes", "bitsandbytes", name)
-        return bnb.optim.Lion8bit(params, lr=lr, betas=betas, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, betas=betas, eps=eps, **kw)
+    if name in ("adamw8bit", "paged_adamw8bit"):
+        cls = "AdamW8bit" if name == "adamw8bit" else "PagedAdamW8bit"
+        return getattr(_bnb_optim(name, params), cls)(params, betas=betas, eps=eps, **kw)
+    if name in ("lion8bit", "paged_lion8bit"):
+        cls = "Lion8bit" if name == "lion8bit" else "PagedLion8bit"
+        return getattr(_bnb_optim(name, params), cls)(params, betas=betas, **kw)
     if name == "optimi-adamw":
-        optimi = _import_optional("optimi", "torch-optimi", name)
-        return optimi.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
-    if name == "optimi-lion":  # no eps, as lion8bit
-        optimi = _import_optional("optimi", "torch-optimi", name)
-        return optimi.Lion(params, lr=lr, betas=betas, weight_decay=weight_decay)
+        return _import_optional(name).AdamW(params, betas=betas, eps=eps, **kw)
+    if name == "optimi-lion":
+        return _import_optional(name).Lion(params, betas=betas, **kw)
+    if name == "adafactor":
+        return torch.optim.Adafactor(params, **kw)
+    if name == "came":
+        return _import_optional(name).CAME(params, betas=(*betas, 0.9999), **kw)
     raise SanakitError(f"train.optimizer={name!r} is not one of {', '.join(OPTIMIZERS)}")
 
 

@@ -168,6 +168,7 @@ class Trainer:
             cfg,
             latent_channels=self.memo["latent_channels"],
             text_channels=self.memo["text_hidden_size"],
+            device=self.device,
         )
         self.adapter = None
         spec = t.adapter_spec()
@@ -179,6 +180,14 @@ class Trainer:
         else:
             params = [p for p in model.parameters() if p.requires_grad]
         self.model = model.to(self.device)
+        self._build_optimization(params, self.model)
+
+    def _build_optimization(
+        self, params: list[torch.nn.Parameter], module: torch.nn.Module
+    ) -> None:
+        """Optimizer and LR schedule over ``params``, EMA of ``self.model``, and ``module`` (what
+        the loss runs through) prepared by accelerate as ``self.ddp_model``."""
+        t = self.config.train
         optimizer = build_optimizer(
             params,
             t.optimizer,
@@ -205,7 +214,7 @@ class Trainer:
                 device=device,
             )
         # the scheduler is not prepared: accelerate would step it once per process
-        self.ddp_model, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        self.ddp_model, self.optimizer = self.accelerator.prepare(module, optimizer)
         self.scheduler = scheduler
         self.params = params
 
