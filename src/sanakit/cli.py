@@ -13,8 +13,11 @@ from sanakit.hardware import configure_thread_policy
 # Sub-command modules (see ``sanakit.commands``), in the order ``sanakit --help`` lists them.
 _COMMAND_MODULES: tuple[str, ...] = (
     "sanakit.commands.train",
+    "sanakit.commands.sprint_teacher",
+    "sanakit.commands.distill",
     "sanakit.commands.cache",
     "sanakit.commands.generate",
+    "sanakit.commands.eval",
     "sanakit.commands.convert",
     "sanakit.commands.import_simpletuner",
     "sanakit.commands.configure",

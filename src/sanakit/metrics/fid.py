@@ -17,6 +17,7 @@ Features are computed here and handed to the metrics through an identity feature
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,9 +139,11 @@ def kid(
     size = min(subset_size, len(real), len(fake))
     if size < 2:
         raise SanakitError("KID needs at least 2 images on each side")
-    metric = KernelInceptionDistance(
-        feature=GivenFeatures(real.shape[1]), subsets=subsets, subset_size=size
-    )
+    with warnings.catch_warnings():  # "will save all extracted features": that is the point
+        warnings.filterwarnings("ignore", message=".*save all extracted features")
+        metric = KernelInceptionDistance(
+            feature=GivenFeatures(real.shape[1]), subsets=subsets, subset_size=size
+        )
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
     with torch.random.fork_rng(devices=[]):
