@@ -22,6 +22,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "holds a run is only continued with --resume; Ctrl-C saves a checkpoint and stops.",
     )
     p.add_argument("config", help="sanakit .toml/.json config, or a SimpleTuner config.json")
+    add_run_arguments(p)
+    p.add_argument(
+        "--allow-unsupported",
+        action="store_true",
+        help="SimpleTuner config.json: drop settings sanakit cannot honour (with a warning)",
+    )
+    p.set_defaults(func=run)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The options ``sanakit train`` and ``sanakit distill`` share."""
     p.add_argument(
         "--set",
         dest="overrides",
@@ -38,19 +49,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--output-dir", help="override output.dir (relative to the current directory)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    p.add_argument(
-        "--allow-unsupported",
-        action="store_true",
-        help="SimpleTuner config.json: drop settings sanakit cannot honour (with a warning)",
-    )
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from sanakit.train.trainer import Trainer
+
+    return run_with(args, Trainer)
+
+
+def run_with(args: argparse.Namespace, trainer_cls: type[Trainer], command: str = "train") -> int:
+    """Load the config, build ``trainer_cls``, print the summary, train, handle Ctrl-C."""
     from sanakit.compat.simpletuner import import_config, is_simpletuner_config
     from sanakit.config import check_output_folder
+    from sanakit.errors import SanakitError
     from sanakit.train.config import load_run_config
-    from sanakit.train.trainer import Trainer
 
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     # typed on the command line: relative to the current directory (config paths are not)
@@ -58,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
     if output_dir:
         check_output_folder(output_dir, "--output-dir")
     resume = args.resume
-    if is_simpletuner_config(args.config):  # SimpleTuner's config.json: import, show the mapping
+    if command == "train" and is_simpletuner_config(
+        args.config
+    ):  # SimpleTuner's config.json: import, show the mapping
         imported = import_config(
             args.config, allow_unsupported=args.allow_unsupported, overrides=tuple(args.overrides)
         )
@@ -68,22 +82,28 @@ def run(args: argparse.Namespace) -> int:
         resume = resume or imported.resume_for(output_dir or config.output.dir)
     else:
         config = load_run_config(args.config, tuple(args.overrides))
-    trainer = Trainer(config, output_dir=output_dir, resume=resume)
+    if command == "train" and config.distill is not None:
+        raise SanakitError(
+            f"{args.config}: [distill] is read by `sanakit distill CONFIG`; `sanakit train` "
+            "trains a flow model (remove the section, or run sanakit distill)"
+        )
+    trainer = trainer_cls(config, output_dir=output_dir, resume=resume)
     main = trainer.accelerator.is_main_process  # one summary under `accelerate launch`
     if main:
-        print(summary(trainer, args.config))
+        print(summary(trainer, args.config, command))
     try:
         final = trainer.fit()
     except KeyboardInterrupt as stop:
         if main:
-            print(interrupted_message(trainer, stop, resume_command(args)), file=sys.stderr)
+            message = interrupted_message(trainer, stop, resume_command(args, command), command)
+            print(message, file=sys.stderr)
         raise
     if final is not None:
         print(f"done: {trainer.step} steps; final weights in {final}")
     return 0
 
 
-def summary(trainer: Trainer, source: str) -> str:
+def summary(trainer: Trainer, source: str, command: str = "train") -> str:
     """A few lines on what the run does; the whole resolved config goes to OUTPUT/config.json."""
     cfg, t = trainer.config, trainer.config.train
     m = cfg.model
@@ -108,7 +128,7 @@ def summary(trainer: Trainer, source: str) -> str:
     if logs == "tensorboard":
         logs = f"tensorboard --logdir {trainer.out / 'logs'}"
     lines = [
-        f"sanakit train {source}",
+        f"sanakit {command} {source}",
         f"  model   {model}; {trainable / 1e6:.2f}M trainable parameters",
         f"  data    {data}; cache {cfg.data.cache_dir}",
         f"  method  {method}, {t.optimizer} lr {t.learning_rate:g} ({t.lr_scheduler}), {batch}, "
@@ -119,19 +139,21 @@ def summary(trainer: Trainer, source: str) -> str:
     return "\n".join(lines)
 
 
-def resume_command(args: argparse.Namespace) -> str:
+def resume_command(args: argparse.Namespace, command: str = "train") -> str:
     """The command that continues this run (same config, overrides and output folder)."""
-    cmd = ["sanakit", "train", args.config]
+    cmd = ["sanakit", command, args.config]
     for override in args.overrides:
         cmd += ["--set", override]
     if args.output_dir:
         cmd += ["--output-dir", args.output_dir]
-    if args.allow_unsupported:
+    if getattr(args, "allow_unsupported", False):
         cmd.append("--allow-unsupported")
     return shlex.join([*cmd, "--resume", "latest"])
 
 
-def interrupted_message(trainer: Trainer, stop: KeyboardInterrupt, command: str) -> str:
+def interrupted_message(
+    trainer: Trainer, stop: KeyboardInterrupt, command: str, name: str = "train"
+) -> str:
     """What a Ctrl-C left behind and how to continue."""
     from sanakit.train.interrupt import TrainingInterrupted
 
@@ -140,5 +162,5 @@ def interrupted_message(trainer: Trainer, stop: KeyboardInterrupt, command: str)
     elif (latest := trainer.checkpointer.latest()) is not None:  # a second Ctrl-C: at once
         done = f"stopped at once; the last checkpoint is {latest}"
     else:
-        return "sanakit train: stopped before the first checkpoint; nothing to resume"
-    return f"sanakit train: {done}; continue with: {command}"
+        return f"sanakit {name}: stopped before the first checkpoint; nothing to resume"
+    return f"sanakit {name}: {done}; continue with: {command}"

@@ -45,6 +45,19 @@ def _view(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.view((-1,) + (1,) * (like.dim() - 1))
 
 
+def _padded(
+    text: torch.Tensor, mask: torch.Tensor | None, batch: int, length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(batch, length, D)`` text and ``(batch, length)`` mask: rows broadcast, masked zero
+    padding at the end (a padded key gets no attention weight, so outputs are unchanged)."""
+    if mask is None:
+        mask = torch.ones(text.shape[:2], dtype=torch.long, device=text.device)
+    extra = length - text.shape[1]
+    text = torch.nn.functional.pad(text, (0, 0, 0, extra)).expand(batch, -1, -1)
+    mask = torch.nn.functional.pad(mask, (0, extra)).expand(batch, -1)
+    return text, mask
+
+
 def teacher_cfg_velocity(
     teacher: Teacher,
     x_t: torch.Tensor,
@@ -55,18 +68,13 @@ def teacher_cfg_velocity(
     sigma_d: float,
 ) -> torch.Tensor:
     """``dx_t/dt = sigma_d (F_u + w (F_c - F_u))`` ``(B, C, H, W)`` from one batched teacher call
-    on ``[null, cond]``; ``null`` rows are ``(1, L, D)`` (broadcast) or ``(B, L, D)``."""
-    text, mask = cond
+    on ``[null, cond]``; ``null`` rows are ``(1, L', D)`` (broadcast) or ``(B, L', D)``, padded to
+    a common length with masked zeros."""
     batch = x_t.shape[0]
-    null_text = null[0].expand(batch, *null[0].shape[1:]).to(text.dtype)
-    both_text = torch.cat([null_text, text])
-    both_mask = None
-    if mask is not None or null[1] is not None:
-        ones = torch.ones(text.shape[:2], dtype=torch.long, device=text.device)
-        null_mask = null[1] if null[1] is not None else ones
-        both_mask = torch.cat(
-            [null_mask.expand(batch, -1).to(ones.dtype), mask if mask is not None else ones]
-        )
+    length = max(cond[0].shape[1], null[0].shape[1])
+    text, mask = _padded(*cond, batch, length)
+    null_text, null_mask = _padded(*null, batch, length)
+    both_text, both_mask = torch.cat([null_text, text]), torch.cat([null_mask, mask])
     x_in = torch.cat([x_t, x_t]) / sigma_d
     f_u, f_c = teacher(x_in, torch.cat([t, t]), both_text, both_mask).chunk(2)
     return sigma_d * (f_u + _view(cfg_scale, f_u) * (f_c - f_u))
@@ -87,6 +95,7 @@ def scm_loss(
     tangent_norm_c: float = 0.1,
     sigma_d: float = 0.5,
     forward_ad: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+    trained: Student | None = None,
 ) -> ScmTerms:
     """One sCM generator loss (module docstring).
 
@@ -100,6 +109,8 @@ def scm_loss(
         warmup_ratio: ``r = min(1, step / tangent_warmup_steps)``.
         forward_ad: a context in which the student supports ``torch.func.jvp`` (the transformer's
             ``forward_ad_compatible``; also bypasses gradient checkpointing).
+        trained: the student as the gradient pass calls it (a DDP wrapper; default ``student``,
+            which the JVP always calls unwrapped).
     """
     x_t = noisy_state(x0, z, t)
     cos, sin = _view(torch.cos(t), x_t), _view(torch.sin(t), x_t)
@@ -114,7 +125,7 @@ def scm_loss(
                 tangents,
                 has_aux=True,
             )
-    f, logvar = student(x_t / sigma_d, t, text, mask, guidance)
+    f, logvar = (trained or student)(x_t / sigma_d, t, text, mask, guidance)
     f = f.to(x_t.dtype)
     g = -cos * cos * (sigma_d * f_minus - dxdt) - warmup_ratio * (cos * sin * x_t + sigma_d * df)
     g_norm = torch.linalg.vector_norm(g.flatten(1), dim=1)  # (B,)

@@ -52,7 +52,7 @@ MODEL_INDEX = {
 }
 
 
-def _link_tree(src: Path, dst: Path) -> None:
+def link_tree(src: Path, dst: Path) -> None:
     """Mirror ``src`` into ``dst`` with hard links (copies across file systems)."""
     for path in src.rglob("*"):
         target = dst / path.relative_to(src)
@@ -119,20 +119,20 @@ def write_pipeline(
     if m.base:
         base = Path(m.base)
         for part in ("vae", "text_encoder", "tokenizer"):
-            _link_tree(base / part, folder / part)
+            link_tree(base / part, folder / part)
         scheduler = json.loads((base / "scheduler" / "scheduler_config.json").read_text())
         _write_scheduler(folder, scheduler, shift)
         shutil.copy2(base / "model_index.json", folder / "model_index.json")
         return folder
-    _link_tree(vae, folder / "vae")
+    link_tree(vae, folder / "vae")
     text = Path(m.text_encoder)
     te_dir, tok_dir = (
         (text / "text_encoder", text / "tokenizer")
         if (text / "text_encoder").is_dir()
         else (text, text)
     )
-    _link_tree(te_dir, folder / "text_encoder")
-    _link_tree(tok_dir, folder / "tokenizer")
+    link_tree(te_dir, folder / "text_encoder")
+    link_tree(tok_dir, folder / "tokenizer")
     _write_scheduler(folder, SCHEDULER_CONFIG, shift)
     (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
     return folder
