@@ -136,6 +136,7 @@ def generate(
         missing = [s for s, p in wanted.items() if _stored_meta(p) != metas[s]]
         progress(plan.steps * (len(request.seeds) - len(missing)))
         if missing:
+            batch = len(missing)
             if pipe is None:
                 pipe = load_pipeline(run.model, run.loras, run.lora_scale, device, dtype_name)
             images = pipe(
@@ -150,7 +151,7 @@ def generate(
                 sampler=plan.sampler,
                 flow_shift=request.flow_shift,
                 use_resolution_binning=request.resolution_binning,
-                callback=lambda step, total, latents, k=len(missing): progress(k),
+                callback=lambda step, total, latents, k=batch: progress(k),
             )
             for seed, image in zip(missing, images):
                 tmp = wanted[seed].with_suffix(".tmp.png")
