@@ -31,6 +31,7 @@ from sanakit.config import (
     to_dict,
 )
 from sanakit.errors import SanakitError
+from sanakit.sprint.config import DistillSection
 
 Precision = Literal["auto", "bf16", "fp16", "no"]  # auto: see sanakit.hardware
 DType = Literal["bf16", "fp16", "fp32"]
@@ -399,6 +400,7 @@ class RunConfig:
     train: TrainSection
     validation: ValidationSection = dataclasses.field(default_factory=lambda: ValidationSection())
     output: OutputSection = dataclasses.field(default_factory=lambda: OutputSection())
+    distill: DistillSection | None = None  # Sana-Sprint distillation (`sanakit distill` only)
 
     def __post_init__(self) -> None:
         ids = {ds.id for ds in self.data.datasets}
@@ -489,6 +491,7 @@ PATH_KEYS: tuple[str, ...] = (
     "data.datasets[].path",
     "validation.prompt_library",
     "output.dir",
+    "distill.teacher",
 )
 
 
