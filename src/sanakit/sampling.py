@@ -30,6 +30,7 @@ from PIL import Image
 
 from sanakit.errors import SanakitError
 from sanakit.flow import NUM_TRAIN_TIMESTEPS
+from sanakit.models.sana import text_window
 from sanakit.sample import (
     Generators,
     ModelFn,
@@ -168,11 +169,14 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(pixel) for pixel in pixels]
 
 
-def velocity_model(model: Any, *, autocast_dtype: torch.dtype | None = None) -> ModelFn:
+def velocity_model(
+    model: Any, *, autocast_dtype: torch.dtype | None = None, use_mask: bool = True
+) -> ModelFn:
     """The sampler-facing model of a Sana transformer (anything with ``config``, ``dtype``):
     casts ``x`` and the text to the model's dtype, runs under ``autocast_dtype`` when given (mixed
     precision training), and keeps the first ``in_channels`` output channels (a learned-sigma
-    model predicts 2C)."""
+    model predicts 2C). ``use_mask=False``: the text is known to be all valid (decided once by
+    :func:`sample_latents`), so the model gets no mask."""
     dtype, channels = model.dtype, model.config.in_channels
 
     def velocity(
@@ -183,7 +187,7 @@ def velocity_model(model: Any, *, autocast_dtype: torch.dtype | None = None) -> 
             dtype=autocast_dtype or torch.float32,
             enabled=autocast_dtype is not None,
         ):
-            v = model(x.to(dtype), t, text.to(dtype), mask, **kwargs)
+            v = model(x.to(dtype), t, text.to(dtype), mask if use_mask else None, **kwargs)
         return v[:, :channels]
 
     return velocity
@@ -216,10 +220,18 @@ def sample_latents(
         callback: ``callback(step, steps, latents)`` after every sampler step.
     """
     config, device = model.config, model.device
+    if plan.sampler == "scm" or not plan.do_cfg:
+        uncond = None
+    # The text padding is trimmed once for the whole run, on the host-side masks (cond and
+    # uncond alike: CFG batches them together), so the model's forward never syncs.
+    length, all_valid = text_window(cond[1], uncond[1] if uncond is not None else None)
+    cond = (cond[0][:, :length], cond[1][:, :length])
+    if uncond is not None:
+        uncond = (uncond[0][:, :length], uncond[1][:, :length])
     text, mask = cond[0].to(device), cond[1].to(device)
     h, w = plan.latent_size
     noise = randn((text.shape[0], config.in_channels, h, w), generators, device)
-    velocity = velocity_model(model, autocast_dtype=autocast_dtype)
+    velocity = velocity_model(model, autocast_dtype=autocast_dtype, use_mask=not all_valid)
     if plan.sampler == "scm":
         s = settings or SamplerSettings("scm")
         # SanaSprintPipeline: guidance in the text dtype, times guidance_embeds_scale.
@@ -239,7 +251,9 @@ def sample_latents(
         )
     if plan.do_cfg and uncond is None:
         raise SanakitError("classifier-free guidance needs the negative/empty prompt's features")
-    u_text, u_mask = (uncond[0].to(device), uncond[1].to(device)) if plan.do_cfg else (None, None)
+    u_text, u_mask = (
+        (uncond[0].to(device), uncond[1].to(device)) if uncond is not None else (None, None)
+    )
     solver = flow_dpm_solver if plan.sampler == "dpm" else flow_euler
     return solver(
         velocity,

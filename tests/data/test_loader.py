@@ -58,7 +58,11 @@ def test_batch_contents(two_sets: DataConfig) -> None:
     for _ in range(20):
         batch = next(loader)
         assert batch["latents"].dtype == torch.float32 and batch["latents"].shape[:2] == (2, 4)
-        assert batch["text"].shape == (2, 12, 16) and batch["text_mask"].dtype == torch.int64
+        # the 12-token window trimmed to the batch's longest caption (text_window)
+        length = batch["text"].shape[1]
+        assert batch["text"].shape == (2, length, 16) and 1 <= length <= 12
+        assert batch["text_mask"].shape == (2, length) and batch["text_mask"].dtype == torch.int64
+        assert batch["text_mask"][:, -1].any() and batch["text"].is_contiguous()
         assert batch["mask"] is None and len(batch["ids"]) == 2
         assert all(i.startswith(batch["dataset"] + "/") for i in batch["ids"])
         samples = {s["id"]: s for s in cache.datasets[0 if batch["dataset"] == "a" else 1][1]}
@@ -184,15 +188,18 @@ def test_caption_dropout_and_variants(tmp_path: Path) -> None:
     loader = make_loader(cfg, batch_size=2, seed=0)
     seen: Counter[str] = Counter()
     for _ in range(500):
-        for text in next(loader)["text"]:
-            if torch.equal(text, empty[0]):
+        for text in next(loader)["text"]:  # the batch's trimmed window: compare that prefix
+            n = text.shape[0]
+            if torch.equal(text, empty[0][:n]):
                 seen["empty"] += 1
             else:
-                seen[next(p for p, v in variants.items() if torch.equal(text, v))] += 1
+                seen[next(p for p, v in variants.items() if torch.equal(text, v[:n]))] += 1
     assert abs(seen["empty"] / 1000 - 0.3) < 0.05
     assert all(abs(seen[p] / 1000 - 0.7 / 3) < 0.05 for p in variants)
     off = make_loader(cfg, batch_size=2, seed=0, caption_dropout=0.0)
-    assert not any(torch.equal(t, empty[0]) for _ in range(50) for t in next(off)["text"])
+    assert not any(
+        torch.equal(t, empty[0][: t.shape[0]]) for _ in range(50) for t in next(off)["text"]
+    )
 
 
 def test_flip_draws_the_mirrored_latent(two_sets: DataConfig) -> None:

@@ -5,7 +5,10 @@ iterator) and :func:`make_loader` / :func:`check_dataset_size`.
 A batch is a dict::
 
     latents      (B, C, h, w) float   cached autoencoder latents (flipped copy when drawn)
-    text         (B, L, D) float      cached text embeddings (empty prompt when dropped)
+    text         (B, L, D) float      cached text embeddings (empty prompt when dropped); L is
+                                      the window trimmed to the batch's longest caption
+                                      (:func:`sanakit.models.sana.text_window`, decided here
+                                      once per batch so the model's forward never syncs)
     text_mask    (B, L) int64
     loss_weight  (B,) float32         the dataset's loss_weight
     is_regularisation (B,) bool       the dataset's is_regularisation_data
@@ -33,6 +36,7 @@ from sanakit.data.encoders import AutoencoderLike, TextEncoderLike
 from sanakit.data.sampler import BatchPlanner, DatasetPlan, PlannedBatch
 from sanakit.data.store import ShardReader, ShardStore
 from sanakit.errors import SanakitError
+from sanakit.models.sana import text_window
 
 __all__ = [
     "Cache",
@@ -134,17 +138,20 @@ class CachedDataset(Dataset):
     def __len__(self) -> int:
         return sum(len(s) for s in self.samples)
 
-    def _gather(self, keys: list[str], field: str, dtype: torch.dtype | None) -> torch.Tensor:
+    def _gather(
+        self, keys: list[str], field: str, dtype: torch.dtype | None, length: int | None = None
+    ) -> torch.Tensor:
         """Stacks the cached tensors of ``keys`` into one (B, ...) tensor, converting dtype in
-        the same pass (one copy out of the memory-mapped shards); repeated keys read once."""
+        the same pass (one copy out of the memory-mapped shards); repeated keys read once.
+        ``length``: keep only the first ``length`` rows of each tensor (trimmed text)."""
         first: dict[str, torch.Tensor] = {}
         for key in keys:
             if key not in first:
                 first[key] = self.reader.get(key, field)
-        sample = first[keys[0]]
+        sample = first[keys[0]][:length]
         out = torch.empty((len(keys), *sample.shape), dtype=dtype or sample.dtype)
         for i, key in enumerate(keys):
-            out[i].copy_(first[key])
+            out[i].copy_(first[key][:length])
         return out
 
     def __getitem__(self, request: tuple[int, np.ndarray]) -> dict[str, Any]:
@@ -155,10 +162,12 @@ class CachedDataset(Dataset):
         text_keys = [
             s["texts"][int(c)] if c >= 0 else self.empty[index] for s, c in zip(chosen, rows[:, 1])
         ]
+        text_mask = self._gather(text_keys, "mask", None)
+        length = text_window(text_mask)[0]  # the padding trimmed once per batch, on the host
         batch: dict[str, Any] = {
             "latents": self._gather(latent_keys, "latent", self.dtype),
-            "text": self._gather(text_keys, "embeds", self.dtype),
-            "text_mask": self._gather(text_keys, "mask", None),
+            "text": self._gather(text_keys, "embeds", self.dtype, length),
+            "text_mask": text_mask[:, :length].contiguous(),
             "loss_weight": torch.full((len(rows),), cfg.loss_weight, dtype=torch.float32),
             "is_regularisation": torch.full(
                 (len(rows),), cfg.is_regularisation_data, dtype=torch.bool

@@ -3,6 +3,10 @@
 Forward contract: ``model(x, timestep, text, text_mask=None, guidance=None) -> v`` with
 x (B, C, H, W) latents (any H, W divisible by the patch size), timestep (B,) float,
 text (B, L, caption_channels), text_mask (B, L) of 0/1, guidance (B,) (Sprint models only).
+The forward has no host syncs and no data-dependent Python control flow (it compiles with
+``fullgraph=True``): trailing text padding is trimmed by the caller, once per batch
+(:func:`trim_text_padding`; the data loader and the sampler do), and untrimmed text gives the
+same outputs, only slower.
 """
 
 from __future__ import annotations
@@ -30,6 +34,27 @@ from sanakit.models.layers import (
 )
 
 
+def text_window(*masks: torch.Tensor | None) -> tuple[int | None, bool]:
+    """How much of a text window to keep: ``(length, all_valid)`` for masks (B_i, L) of 0/1.
+
+    ``length`` is one past the last position valid in any row of any mask (every mask must have
+    the same L), or None (keep all L) when there is no mask or some row has no valid token at all
+    (the reference attends uniformly over the whole window there). ``all_valid``: every kept
+    position of every mask is valid, so the mask can be dropped. Decided once per batch outside
+    the model (the data loader, the sampler): it reads the masks' values, a device->host sync if
+    they live on an accelerator, which the transformer's forward therefore never does.
+    """
+    masks = tuple(m for m in masks if m is not None)
+    if not masks:
+        return None, True
+    valid = torch.cat([m.reshape(-1, m.shape[-1]).bool() for m in masks])  # (sum B_i, L)
+    if not bool(valid.any(dim=1).all()):
+        return None, bool(valid.all())
+    positions = torch.arange(1, valid.shape[1] + 1, device=valid.device)
+    length = int((valid * positions).amax())
+    return length, bool(valid[:, :length].all())
+
+
 def trim_text_padding(
     text: torch.Tensor, text_mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -39,19 +64,15 @@ def trim_text_padding(
     in fp32/bf16: removing it changes neither outputs nor gradients, but saves the caption
     projection and cross-attention work on padding (a 300-token window usually holds far fewer
     prompt tokens). A row with no valid token keeps the full window (uniform attention, as the
-    reference computes it). A mask left all-ones is dropped.
+    reference computes it). A mask left all-ones is dropped. Call it outside the model, once per
+    batch (:func:`text_window`); the model accepts untrimmed text too (same outputs, slower).
     """
     if text_mask is None:
         return text, None
-    valid = text_mask.bool()
-    if not bool(valid.any(dim=1).all()):
-        return text, text_mask
-    positions = torch.arange(1, valid.shape[1] + 1, device=valid.device)
-    length = int((valid * positions).amax())
-    text, text_mask = text[:, :length], text_mask[:, :length]
-    if bool(valid[:, :length].all()):
-        return text, None
-    return text, text_mask
+    length, all_valid = text_window(text_mask)
+    if length is not None:
+        text, text_mask = text[:, :length], text_mask[:, :length]
+    return text, None if all_valid else text_mask
 
 
 class SanaBlock(nn.Module):
@@ -221,7 +242,8 @@ class SanaTransformer(nn.Module):
             timestep, guidance if cfg.guidance_embeds else None, dtype
         )
 
-        text, text_mask = trim_text_padding(text, text_mask)
+        # No trimming here: the forward reads no tensor value on the host (no sync, no graph break);
+        # callers pass text trimmed once per batch (trim_text_padding), or the full window.
         context = self.caption_norm(self.caption_projection(text))  # (B, L', C)
         mask_bias = None
         if text_mask is not None:
