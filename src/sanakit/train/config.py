@@ -340,6 +340,13 @@ class ValidationSection:
     held out from training whose loss is measured at the fixed ``eval_sigmas`` with fixed noise.
     ``flow_shift`` (default: the training shift, with ``train.auto_shift`` its value at each
     validation resolution) is also the shift the exported pipeline's scheduler gets.
+
+    Scores (:mod:`sanakit.metrics.validation`): with ``clip_model`` (a local CLIP folder) every
+    round's images get their CLIP score; with ``fid_reference`` (an image folder) ``fid_images``
+    extra images (the prompts cycled, seeds ``seed, seed + 1, ...``) get FID/KID against it, in
+    the features of ``fid_model`` (InceptionV3 weights file) or else of ``clip_model``.
+    ``best_metric`` (default: clip_score with ``clip_model``, else fid) picks the step reported
+    best at the end.
     """
 
     prompts: tuple[str, ...] = ()
@@ -354,10 +361,16 @@ class ValidationSection:
     seed: int = 0
     eval_datasets: tuple[str, ...] = ()
     eval_sigmas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
+    clip_model: str | None = None
+    fid_reference: str | None = None
+    fid_images: int | None = None  # default 64 with fid_reference
+    fid_model: str | None = None
+    best_metric: Literal["clip_score", "fid", "kid"] | None = None
 
     def __post_init__(self) -> None:
         for res in self.resolutions:
             parse_resolution(res)
+        self._check_scores()
         if self.every_steps < 0:
             raise ConfigValueError(self, "every_steps", f"must be >= 0, got {self.every_steps}")
         if self.steps < 1:
@@ -366,6 +379,60 @@ class ValidationSection:
             raise ConfigValueError(self, "flow_shift", "must be > 0 (1.0 means no shift)")
         if not all(0.0 < s <= 1.0 for s in self.eval_sigmas):
             raise ConfigValueError(self, "eval_sigmas", "must lie in (0, 1]")
+
+    def _check_scores(self) -> None:
+        if not (self.clip_model or self.fid_reference):
+            for key in ("fid_images", "fid_model", "best_metric"):
+                if getattr(self, key) is not None:
+                    raise ConfigValueError(
+                        self, key, "does nothing without clip_model or fid_reference"
+                    )
+            return
+        if not (self.prompts or self.prompt_library):
+            raise ConfigValueError(
+                self,
+                "clip_model" if self.clip_model else "fid_reference",
+                "needs validation prompts (prompts or prompt_library) to score",
+            )
+        if not self.fid_reference:
+            for key in ("fid_images", "fid_model"):
+                if getattr(self, key) is not None:
+                    raise ConfigValueError(self, key, "does nothing without fid_reference")
+        elif not (self.fid_model or self.clip_model):
+            raise ConfigValueError(
+                self,
+                "fid_reference",
+                "needs features: fid_model (InceptionV3 weights) or clip_model",
+            )
+        if self.fid_images is not None and self.fid_images < 2:
+            raise ConfigValueError(self, "fid_images", f"must be >= 2, got {self.fid_images}")
+        needs = {
+            "clip_score": self.clip_model,
+            "fid": self.fid_reference,
+            "kid": self.fid_reference,
+        }
+        if self.best_metric is not None and not needs[self.best_metric]:
+            what = "clip_model" if self.best_metric == "clip_score" else "fid_reference"
+            raise ConfigValueError(self, "best_metric", f"{self.best_metric!r} needs {what}")
+        if self.clip_model:
+            from sanakit.metrics.clip import check_clip_folder
+
+            check_clip_folder(self.clip_model, "validation.clip_model")
+        if self.fid_reference and not Path(self.fid_reference).is_dir():
+            raise ConfigValueError(self, "fid_reference", f"{self.fid_reference}: no such folder")
+        if self.fid_model and not Path(self.fid_model).exists():
+            from sanakit.metrics.fid import INCEPTION_URL
+
+            raise ConfigValueError(
+                self, "fid_model", f"{self.fid_model}: not found; download {INCEPTION_URL}"
+            )
+
+    @property
+    def scored_metric(self) -> str | None:
+        """The metric the best step is chosen by (see the class doc); None without scores."""
+        if self.best_metric:
+            return self.best_metric
+        return "clip_score" if self.clip_model else ("fid" if self.fid_reference else None)
 
     def prompt_items(self) -> list[tuple[str, str]]:
         """(nickname, prompt) pairs: inline prompts as prompt-NN, then the library."""
@@ -490,6 +557,9 @@ PATH_KEYS: tuple[str, ...] = (
     "data.cache_dir",
     "data.datasets[].path",
     "validation.prompt_library",
+    "validation.clip_model",
+    "validation.fid_reference",
+    "validation.fid_model",
     "output.dir",
     "distill.teacher",
 )
