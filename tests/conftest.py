@@ -54,3 +54,11 @@ def tiny_euler_pipeline_dir(tiny_pipeline_factory: Callable[..., Path]) -> Path:
 def tiny_sprint_pipeline_dir(tiny_pipeline_factory: Callable[..., Path]) -> Path:
     """A tiny Sana-Sprint pipeline (guidance embedding, RMS qk-norm, SCMScheduler)."""
     return tiny_pipeline_factory(sprint=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random CLIP folder (32 px images, 16-d projections; :mod:`tests.helpers.tiny_clip`)."""
+    from tests.helpers.tiny_clip import write_tiny_clip
+
+    return write_tiny_clip(tmp_path_factory.mktemp("clip") / "clip")

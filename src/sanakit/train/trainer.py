@@ -47,7 +47,12 @@ from sanakit.train.objective import eval_loss, flow_matching_step, step_generato
 from sanakit.train.optim import build_optimizer, build_scheduler
 from sanakit.train.state import RNGState, Stateful, TrainState, load_parts, save_parts
 from sanakit.train.tracking import start_trackers
-from sanakit.train.validation import eval_mode, prompt_embeddings, run_validation
+from sanakit.train.validation import (
+    eval_mode,
+    prompt_embeddings,
+    run_validation,
+    score_validation,
+)
 
 log = logging.getLogger("sanakit.train")
 
@@ -114,6 +119,7 @@ class Trainer:
         self.state = TrainState()
         self._text_encoder = None
         self._autoencoder = None
+        self.scorer = None  # [validation] metric models (sanakit.metrics.validation), on first use
         self._prepare_data()
         self._build_model()
         if resume:
@@ -360,6 +366,7 @@ class Trainer:
         with StopRequest() as stop, bar:
             self._train_loop(bar, stop)
         self.validate()
+        self.report_best()
         final = self.export() if self.accelerator.is_main_process else None
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
@@ -439,15 +446,49 @@ class Trainer:
             kw = dict(train=cfg.train, autocast_dtype=self.autocast_dtype)
             _, grid = run_validation(model, self.autoencoder(), embeds, cfg.validation, out, **kw)
             self._log_image("validation", grid)
+            self._score_round(model, embeds, out, "")
             if self.ema is not None:
                 with self.ema.swapped_in(model):
                     _, grid = run_validation(
                         model, self.autoencoder(), embeds, cfg.validation, out / "ema", **kw
                     )
+                    self._score_round(model, embeds, out / "ema", "_ema")
                 self._log_image("validation_ema", grid)
         if self.eval_data is not None:
             self.evaluate()
         self.accelerator.wait_for_everyone()
+
+    def _score_round(self, model: torch.nn.Module, embeds: Any, out: Path, suffix: str) -> None:
+        """CLIP score / FID / KID of a validation round: ``out/scores.json`` and the logger."""
+        cfg = self.config
+        if cfg.validation.scored_metric is None:
+            return
+        from sanakit.metrics.validation import RoundScorer, scalars
+
+        if self.scorer is None:
+            self.scorer = RoundScorer(cfg.validation, self.device)
+        kw = dict(train=cfg.train, autocast_dtype=self.autocast_dtype)
+        scores = score_validation(
+            self.scorer, model, self.autoencoder(), embeds, out, self.step, **kw
+        )
+        self.accelerator.log(scalars(scores, suffix), step=self.step)
+
+    def report_best(self) -> dict[str, Any] | None:
+        """The best validation round by ``[validation] best_metric``: printed and written to
+        ``OUTPUT/validation/best.json`` (main process; None without scores)."""
+        metric = self.config.validation.scored_metric
+        if metric is None or not self.accelerator.is_main_process:
+            return None
+        from sanakit.metrics.validation import best_round
+
+        best = best_round(self.out / "validation", metric)
+        if best is not None:
+            (self.out / "validation" / "best.json").write_text(json.dumps(best, indent=2) + "\n")
+            print(
+                f"best validation step {best['step']}: {metric} {best['value']:.4g} "
+                f"(of {best['rounds']} rounds)"
+            )
+        return best
 
     def _log_image(self, tag: str, grid: np.ndarray) -> None:
         for tracker in self.accelerator.trackers:

@@ -6,6 +6,9 @@ uses, with the same model time, noise and rounding; the flow shift is
 ``[validation] flow_shift``, by default the training shift at the validation resolution
 (:func:`validation_shift`), which the export writes into the pipeline's scheduler config.
 
+With ``clip_model`` / ``fid_reference`` (:func:`score_validation`), each round's images are scored
+(CLIP score; FID/KID of extra images from :func:`fid_batch`) into ``scores.json``.
+
 Prompt embeddings are computed once and stored in the cache folder keyed by the text-encoder
 fingerprint, so a resumed run (or one whose cache is complete) needs no text encoder.
 """
@@ -18,6 +21,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +35,9 @@ from sanakit.sampling import SamplerSettings, sample_latents, seed_generators, t
 from sanakit.text import TextEncoder
 from sanakit.train.config import TrainSection, ValidationSection, parse_resolution
 from sanakit.train.objective import training_shift
+
+if TYPE_CHECKING:
+    from sanakit.metrics.validation import RoundScorer
 
 
 @dataclass
@@ -212,3 +219,77 @@ def run_validation(
     grid = labelled_grid(images, labels, columns)
     grid.save(out_dir / "grid.png")
     return out_dir / "grid.png", np.asarray(grid)
+
+
+def fid_batch(
+    model: torch.nn.Module,
+    autoencoder: Autoencoder,
+    embeds: PromptEmbeddings,
+    validation: ValidationSection,
+    count: int,
+    *,
+    train: TrainSection,
+    autocast_dtype: torch.dtype | None,
+) -> list[Image.Image]:
+    """``count`` images for FID/KID at the first validation resolution: the prompts cycled, one
+    batch of every prompt per seed ``seed, seed + 1, ...`` (:func:`sample_images`)."""
+    height, width = parse_resolution(validation.resolutions[0])
+    shift = validation_shift(validation, train, height, width, autoencoder.downsample_factor)
+    images: list[Image.Image] = []
+    seed = validation.seed
+    with eval_mode(model):
+        while len(images) < count:
+            images += sample_images(
+                model,
+                autoencoder,
+                embeds,
+                height=height,
+                width=width,
+                steps=validation.steps,
+                guidance=validation.guidance,
+                seed=seed,
+                sampler=validation.sampler,
+                shift=shift,
+                autocast_dtype=autocast_dtype,
+            )
+            seed += 1
+    return images[:count]
+
+
+def score_validation(
+    scorer: RoundScorer,
+    model: torch.nn.Module,
+    autoencoder: Autoencoder,
+    embeds: PromptEmbeddings,
+    out_dir: Path,
+    step: int,
+    *,
+    train: TrainSection,
+    autocast_dtype: torch.dtype | None,
+) -> dict[str, Any]:
+    """Scores the round :func:`run_validation` wrote to ``out_dir`` (its PNGs, read back
+    losslessly) plus, with ``fid_reference``, a :func:`fid_batch`; writes ``out_dir/scores.json``
+    and returns the scores (:mod:`sanakit.metrics.validation`)."""
+    from sanakit.metrics.validation import write_scores
+
+    validation = scorer.validation
+    images = {}
+    for res in validation.resolutions:
+        height, width = parse_resolution(res)
+        for name in embeds.names:
+            with Image.open(out_dir / f"{name}_{width}x{height}.png") as image:
+                images[f"{name}_{width}x{height}"] = image.convert("RGB")
+    extra: list[Image.Image] = []
+    if validation.fid_reference:
+        extra = fid_batch(
+            model,
+            autoencoder,
+            embeds,
+            validation,
+            scorer.fid_images,
+            train=train,
+            autocast_dtype=autocast_dtype,
+        )
+    scores = scorer.score(images, dict(zip(embeds.names, embeds.prompts)), extra)
+    write_scores(out_dir, step, scores)
+    return scores
