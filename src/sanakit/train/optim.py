@@ -99,8 +99,8 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """adamw (torch); adamw8bit / lion8bit and their paged_ variants (bitsandbytes: 8-bit
     blockwise state, Dettmers et al., 2022, arXiv:2110.02861); optimi-adamw / optimi-lion
-    (torch-optimi); adafactor (torch's: factored second moment, no momentum; Shazeer & Stern,
-    2018); came (came-pytorch: confidence-guided Adafactor, Luo et al., 2023, its third beta
+    (torch-optimi); adafactor (torch's: factored second moment, no momentum, steps relative
+    to the parameter RMS, min(lr, 1/sqrt(t)) * max(1e-3, RMS(p)); Shazeer & Stern, 2018); came (came-pytorch: confidence-guided Adafactor, Luo et al., 2023, its third beta
     left at 0.9999). Lion, Adafactor and CAME take no ``eps`` (TrainSection rejects one)."""
     params = [p for p in params if p.requires_grad]
     if not params:
