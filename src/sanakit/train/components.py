@@ -182,16 +182,30 @@ def _new_or_loaded_transformer(
 
 
 def load_text_encoder(config: RunConfig, device: str | torch.device = "cpu") -> TextEncoder:
+    """The frozen text encoder on ``device``; with ``model.text_encoder_quantize`` its linear
+    layers are int8 / nf4 (:func:`sanakit.quantize.quantize_layers`): loaded on the CPU,
+    quantised layer by layer (on the CPU or on ``device``, ``model.quantize_via``), then moved,
+    so the device never holds the full-precision encoder (Gemma-2-2B: ~5 GB in bf16)."""
     check_model_sources(config)
     m = config.model
     instruction = (m.instruction or DEFAULT_INSTRUCTION) if m.use_instruction else None
-    return TextEncoder.from_pretrained(
+    quantize = m.text_encoder_quantize != "none"
+    encoder = TextEncoder.from_pretrained(
         m.text_encoder or m.base,
         dtype=DTYPES[m.encoder_dtype],
-        device=device,
+        device="cpu" if quantize else device,
         instruction=instruction,
         max_length=m.text_max_length,
     )
+    if quantize:
+        from sanakit.quantize import quantize_layers
+
+        kind, via = m.text_encoder_quantize, m.quantize_via or "cpu"
+        quantize_layers(
+            encoder.model, kind, via=via, device=device, keep=(), key="model.text_encoder_quantize"
+        )
+        encoder.to(device)
+    return encoder
 
 
 def load_frozen_autoencoder(config: RunConfig, device: str | torch.device = "cpu") -> Autoencoder:
@@ -200,7 +214,9 @@ def load_frozen_autoencoder(config: RunConfig, device: str | torch.device = "cpu
     if m.autoencoder == "pixel-shuffle":
         return load_autoencoder("pixel-shuffle", factor=m.pixel_shuffle_factor, device=device)
     dtype = DTYPES[m.encoder_dtype] if m.encoder_dtype != "fp16" else torch.float32
-    return load_autoencoder("dc-ae", path=m.vae or m.base, dtype=dtype, device=device)
+    return load_autoencoder(
+        "dc-ae", path=m.vae or m.base, dtype=dtype, device=device, tiling=m.vae_tiling
+    )
 
 
 def _files_key(folder: str | None) -> list[Any]:
@@ -231,6 +247,8 @@ def encoder_source_key(config: RunConfig) -> str:
         "instruction": list(m.instruction or DEFAULT_INSTRUCTION) if m.use_instruction else None,
         "max_length": m.text_max_length,
         "encoder_dtype": m.encoder_dtype,
+        "text_encoder_quantize": m.text_encoder_quantize,
+        "vae_tiling": m.vae_tiling,
         "latent_dtype": d.latent_dtype,
         "text_dtype": d.text_dtype,
     }

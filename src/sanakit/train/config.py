@@ -125,8 +125,10 @@ class ModelSection:
             raise ConfigValueError(self, "instruction", "is set but use_instruction = false")
         if self.text_max_length < 2:
             raise ConfigValueError(self, "text_max_length", "must be >= 2")
-        if self.quantize_via is not None and self.quantize == "none":
-            raise ConfigValueError(self, "quantize_via", "does nothing with quantize = 'none'")
+        if self.quantize_via is not None and self.quantize == self.text_encoder_quantize == "none":
+            raise ConfigValueError(
+                self, "quantize_via", "does nothing: quantize and text_encoder_quantize are 'none'"
+            )
         if self.vae_tiling and self.autoencoder != "dc-ae":
             raise ConfigValueError(self, "vae_tiling", "applies to autoencoder = 'dc-ae' only")
         for key in ("quantize", "text_encoder_quantize"):

@@ -144,6 +144,11 @@ class Trainer:
                     world_size=self.world,
                 )  # build_cache logs its one-line summary
                 found = memo.record(self._autoencoder, self._text_encoder)
+                # freed before training, as when the cache was complete: validation loads them
+                # again only if it needs them (low VRAM, docs/low-vram.md)
+                self._autoencoder = self._text_encoder = None
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
             else:
                 log.info(
                     "cache complete for these encoders: text encoder and autoencoder not loaded"
