@@ -1,7 +1,8 @@
 """SimpleTuner's own Sana example (simpletuner/examples/sana.lycoris-lokr: its config.json as
 published, its LoKr lycoris_config.json and a multidatabackend for a tiny local folder) imports
 with no edits and trains 2 steps on a tiny pipeline (issue 16, proof). Only the two keys that
-need features sanakit does not have yet are dropped, each with its one-line reason."""
+need what sanakit does not have (a local CLIP model; SimpleTuner's built-in prompt library) are
+dropped, each with its one-line reason."""
 
 from __future__ import annotations
 
@@ -45,8 +46,10 @@ BACKENDS = [
     },
 ]
 DROPPED = [
-    "evaluation_type = 'clip' dropped: CLIP-score evaluation is not implemented yet in sanakit "
-    "(held-out eval loss is: [validation] eval_datasets)",
+    "evaluation_type = 'clip' dropped: CLIP-score evaluation needs the CLIP model "
+    "'openai/clip-vit-large-patch14-336' on disk (sanakit downloads nothing): run `hf download "
+    "openai/clip-vit-large-patch14-336 --local-dir models/clip-vit-large-patch14-336` and set "
+    "pretrained_evaluation_model_name_or_path to models/clip-vit-large-patch14-336",
     "validation_prompt_library = True dropped: SimpleTuner's built-in prompt library (its "
     "helpers/prompts.py, validated in addition to validation_prompt) is not shipped with "
     "sanakit; list those prompts in a user_prompt_library file (-> validation.prompt_library)",

@@ -157,6 +157,19 @@ def as_str(file: Path, key: str, value: Any) -> str:
     raise SanakitError(f"{file}: {key} must be a string, got {value!r}")
 
 
+def hub_cache(repo_id: str) -> Path | None:
+    """The folder of ``repo_id`` in the local Hugging Face cache, never downloading."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:
+        return None
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+
+
 def normalise_keys(file: Path, raw: dict[str, Any]) -> dict[str, Any]:
     """``{"--seed": 1}`` -> ``{"seed": 1}``; a key given both with and without ``--`` is an
     error (SimpleTuner accepts both spellings)."""

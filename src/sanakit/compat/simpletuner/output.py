@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sanakit.compat.simpletuner.common import (
     ABSENT,
     KeyReader,
@@ -11,6 +13,7 @@ from sanakit.compat.simpletuner.common import (
     as_float,
     as_int,
     as_str,
+    hub_cache,
     is_off,
 )
 
@@ -71,29 +74,89 @@ def validation(k: KeyReader) -> None:
 
 
 _EVAL_OFF = "only used by SimpleTuner's evaluation_type, which is off"
+# SimpleTuner's default pretrained_evaluation_model_name_or_path (its field registry,
+# simpletuner_sdk/server/services/field_registry/sections/validation.py)
+CLIP_DEFAULT = "openai/clip-vit-large-patch14-336"
 
 
 def evaluation(k: KeyReader) -> None:
-    """evaluation_type (SimpleTuner's CLIP-score evaluation), num_eval_images, eval_dataset_id:
-    accepted while evaluation is off; evaluation_type 'clip' is not implemented (one reason,
-    the other two follow it)."""
+    """SimpleTuner's evaluation keys -> [validation]:
+
+    - ``evaluation_type: clip`` + ``pretrained_evaluation_model_name_or_path`` (default
+      openai/clip-vit-large-patch14-336) -> ``validation.clip_model``: a local folder, or the Hub
+      id found in the local Hugging Face cache; otherwise unsupported with how to get it;
+    - ``eval_dataset_id`` (SimpleTuner leaves those datasets out of training and evaluates on
+      them) -> ``validation.eval_datasets`` (held-out loss at fixed sigmas);
+    - ``num_eval_images`` (how many samples SimpleTuner draws from the eval datasets): ignored,
+      sanakit scores every validation image and evaluates every held-out image.
+    Without evaluation all three are accepted and ignored (SimpleTuner's default)."""
     kind = k.take("evaluation_type")
-    on = kind is not ABSENT and not is_off(kind)
-    if on:
+    model = k.take("pretrained_evaluation_model_name_or_path")
+    requested = kind is not ABSENT and not is_off(kind)
+    on = requested and _map_clip(k, kind, model)
+    if kind is not ABSENT and not requested:
+        k.ctx.ignored("evaluation_type", kind, "off (SimpleTuner's default behaviour)")
+    off = "only used by evaluation_type, dropped with it" if requested else _EVAL_OFF
+    if not on and model is not ABSENT:
+        k.ctx.ignored("pretrained_evaluation_model_name_or_path", model, off)
+    ids = k.take("eval_dataset_id")
+    if ids is not ABSENT and on and not is_off(ids):
+        items = [ids] if isinstance(ids, str) else list(ids)
+        k.put(
+            "eval_dataset_id",
+            "validation.eval_datasets",
+            [as_str(k.file, "eval_dataset_id", i) for i in items],
+            "held out of training; their loss is logged at fixed sigmas",
+        )
+    elif ids is not ABSENT:
+        k.ctx.ignored("eval_dataset_id", ids, "empty" if on else off)
+    count = k.take("num_eval_images")
+    if count is not ABSENT:
+        every = "sanakit CLIP-scores every validation image and evaluates every held-out image"
+        k.ctx.ignored("num_eval_images", count, every if on else off)
+
+
+def _map_clip(k: KeyReader, kind: object, model: object) -> bool:
+    """Maps ``evaluation_type`` (on) to ``validation.clip_model``; False when unsupported."""
+    if str(kind).lower() != "clip":
+        k.ctx.unsupported(
+            k.file, "evaluation_type", kind, "SimpleTuner's only evaluation is 'clip'"
+        )
+        return False
+    given = model is not ABSENT and not is_off(model)
+    key = "pretrained_evaluation_model_name_or_path"
+    name = as_str(k.file, key, model) if given else CLIP_DEFAULT
+    found = _clip_folder(k, name)
+    if found is None:
+        local = name.rsplit("/", 1)[-1]
         k.ctx.unsupported(
             k.file,
             "evaluation_type",
             kind,
-            "CLIP-score evaluation is not implemented yet in sanakit (held-out eval loss is: "
-            "[validation] eval_datasets)",
+            f"CLIP-score evaluation needs the CLIP model {name!r} on disk (sanakit downloads "
+            f"nothing): run `hf download {name} --local-dir models/{local}` and set {key} to "
+            f"models/{local}",
         )
-    elif kind is not ABSENT:
-        k.ctx.ignored("evaluation_type", kind, "off (SimpleTuner's default behaviour)")
-    for key in ("num_eval_images", "eval_dataset_id"):
-        value = k.take(key)
-        if value is not ABSENT:
-            why = "only used by evaluation_type, dropped with it" if on else _EVAL_OFF
-            k.ctx.ignored(key, value, why)
+        return False
+    folder, how = found
+    default = "" if given else f"; {CLIP_DEFAULT} (SimpleTuner's default) {how}"
+    k.put("evaluation_type", "validation.clip_model", str(folder), f"CLIP score{default}")
+    if given:
+        k.ctx.mapped(key, model, "validation.clip_model", how)
+    if model is not ABSENT and not given:
+        k.ctx.ignored(key, model, f"empty: SimpleTuner's default {CLIP_DEFAULT}")
+    return True
+
+
+def _clip_folder(k: KeyReader, name: str) -> tuple[Path, str] | None:
+    """(folder, how it was found) of a CLIP model named by path or Hub id, never downloading."""
+    found = k.paths.find(name)
+    if found is not None:
+        return found
+    cached = hub_cache(name) if "/" in name else None
+    return (
+        (cached, "found in the local Hugging Face cache (nothing downloaded)") if cached else None
+    )
 
 
 def output(k: KeyReader) -> None:
