@@ -15,7 +15,7 @@ from sanakit.config import ConfigValueError
 
 @dataclasses.dataclass(frozen=True)
 class DistillSection:
-    """``[distill]``: the teacher and the sCM loss.
+    """``[distill]``: the teacher, the sCM loss and the LADD discriminator.
 
     ``teacher`` is a dense-time Sana flow model (a pipeline or transformer folder, from
     ``sanakit sprint-teacher`` + ``sanakit train``); left out, ``[model]`` is the teacher and the
@@ -31,6 +31,18 @@ class DistillSection:
     tangent_norm_c: float = 0.1  # g / (||g|| + c)
     scm_lambda: float = 1.0
     validation_steps: tuple[int, ...] = (1, 2, 4)  # SCM sampler steps of the validation grids
+    # LADD (spec §5): adversarial loss with a discriminator on the teacher's block outputs;
+    # adv_lambda = 0 turns it off (sCM only, no discriminator steps)
+    adv_lambda: float = 0.5
+    head_block_ids: tuple[int, ...] = (2, 8, 14, 19)  # clipped to the model's depth
+    d_p_mean: float = -0.6  # discriminator time density: log(sigma) ~ N(d_p_mean, d_p_std)
+    d_p_std: float = 1.0
+    largest_time_prob: float = 0.5  # adversarial samples generated from t = 1.5708 (pure noise)
+    misaligned_pairs: bool = True  # real images with a rolled caption are extra fakes for D
+    separate_real_fake_times: bool = True  # D draws real and fake noise times independently
+    r1_weight: float = 0.0  # R1 penalty on the heads' inputs (NVlabs: off; 1e-5 when on)
+    d_optimizer: str | None = None  # one of train.optimizer's names; None: train.optimizer
+    d_lr: float | None = None  # None: train's learning rate (no schedule for D)
 
     def __post_init__(self) -> None:
         if not self.cfg_scales or any(w < 1.0 for w in self.cfg_scales):
@@ -45,6 +57,28 @@ class DistillSection:
             raise ConfigValueError(self, "scm_lambda", "must be > 0")
         if not self.validation_steps or any(n < 1 for n in self.validation_steps):
             raise ConfigValueError(self, "validation_steps", "must be a list of step counts >= 1")
+        if self.adv_lambda < 0:
+            raise ConfigValueError(self, "adv_lambda", "must be >= 0 (0: sCM only)")
+        if not self.head_block_ids or any(i < 0 for i in self.head_block_ids):
+            raise ConfigValueError(self, "head_block_ids", "must be a list of block indices >= 0")
+        if not self.d_p_std > 0:
+            raise ConfigValueError(self, "d_p_std", f"must be > 0, got {self.d_p_std}")
+        if not 0.0 <= self.largest_time_prob <= 1.0:
+            raise ConfigValueError(self, "largest_time_prob", "must be in [0, 1]")
+        if self.r1_weight < 0:
+            raise ConfigValueError(self, "r1_weight", "must be >= 0 (0: no R1 penalty)")
+        if self.d_lr is not None and not self.d_lr > 0:
+            raise ConfigValueError(self, "d_lr", "must be > 0")
+        if not self.adversarial:
+            ladd = ("d_optimizer", "d_lr")
+            for key in ladd:
+                if getattr(self, key) is not None:
+                    raise ConfigValueError(self, key, "does nothing with adv_lambda = 0")
+
+    @property
+    def adversarial(self) -> bool:
+        """LADD on: generator and discriminator steps alternate."""
+        return self.adv_lambda > 0
 
     def warmup_ratio(self, step: int) -> float:
         """The tangent warm-up factor ``r = min(1, step / tangent_warmup_steps)``."""

@@ -13,8 +13,11 @@ TrigFlow time, noise and teacher CFG scale from ``step_generator(seed, s, m, i)`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +31,26 @@ from sanakit.sampling import velocity_model
 from sanakit.sprint.config import DistillSection
 from sanakit.sprint.convert import QK_NORM, is_dense_time, student_from_teacher
 from sanakit.sprint.export import make_sprint_pipeline
+from sanakit.sprint.ladd import (
+    TeacherFeatureDiscriminator,
+    hinge_d_loss,
+    hinge_g_loss,
+    r1_penalty,
+)
 from sanakit.sprint.scm import ScmTerms, scm_loss
 from sanakit.sprint.student import SprintStudent
-from sanakit.sprint.trigflow import SIGMA_DATA, sample_trigflow_times
+from sanakit.sprint.trigflow import (
+    LARGEST_TIME,
+    SIGMA_DATA,
+    denoised,
+    noisy_state,
+    sample_trigflow_times,
+)
 from sanakit.train import components
-from sanakit.train.config import RunConfig
+from sanakit.train.config import RunConfig, TrainSection
 from sanakit.train.export import export_final
 from sanakit.train.objective import step_generator
+from sanakit.train.optim import build_optimizer
 from sanakit.train.state import Stateful
 from sanakit.train.trainer import Trainer
 from sanakit.train.validation import prompt_embeddings, run_validation
@@ -58,6 +74,13 @@ def check_distill_config(config: RunConfig) -> None:
     if t.ema is not None:
         raise SanakitError(
             "train.ema is not used by sanakit distill (Sana-Sprint distils without EMA); remove it"
+        )
+    d = config.distill
+    names = typing.get_args(typing.get_type_hints(TrainSection)["optimizer"])
+    if d is not None and d.d_optimizer is not None and d.d_optimizer not in names:
+        raise SanakitError(
+            f"distill.d_optimizer = {d.d_optimizer!r} is not an optimizer; use one of "
+            f"{', '.join(names)}"
         )
     if v.eval_datasets:
         raise SanakitError(
@@ -127,6 +150,63 @@ class DistillTrainer(Trainer):
             params = [p for p in self.student.parameters() if p.requires_grad]
         self._build_optimization(params, self.student)
         self.null_text, self.null_mask = self._empty_prompt()
+        self.disc = None
+        self._d_side = False
+        if d.adversarial:
+            self._build_discriminator()
+
+    def _build_discriminator(self) -> None:
+        """LADD heads on the teacher's blocks and their own optimizer (``distill.d_optimizer``,
+        ``distill.d_lr``; no LR schedule, as NVlabs)."""
+        t, d = self.config.train, self.distill
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(t.seed + 1)
+            disc = TeacherFeatureDiscriminator(self.teacher, d.head_block_ids, self._teacher_f)
+        self.disc = disc.to(self.device)
+        self.d_params = list(self.disc.parameters())  # the heads only
+        optimizer = build_optimizer(
+            self.d_params,
+            d.d_optimizer or t.optimizer,
+            lr=d.d_lr or t.learning_rate,
+            betas=t.betas,
+            weight_decay=t.weight_decay,
+            eps=t.eps,
+        )
+        self.ddp_disc, self.d_optimizer = self.accelerator.prepare(self.disc, optimizer)
+
+    @property
+    def phase(self) -> str:
+        """``"G"`` or ``"D"``: with LADD, updates alternate G, D, G, ... and ``step`` counts both
+        (NVlabs' ``global_step``), so the phase is the step's parity; a skipped (non-finite) step
+        keeps it."""
+        return "D" if self.disc is not None and self.step % 2 == 1 else "G"
+
+    def train_step(self) -> dict[str, Any]:
+        """One G or D update (the trainer's step: accumulation, clipping, NaN guard), on a
+        fresh batch each. The LR schedule (G's) only advances on G steps."""
+        phase = self.phase
+        if phase == "G":
+            if self.disc is not None:
+                self.disc.requires_grad_(False)  # heads get no gradient from L_G
+            stats = super().train_step()
+        else:
+            with self._discriminator_side():
+                stats = super().train_step()
+        return {**stats, "phase": phase}
+
+    @contextlib.contextmanager
+    def _discriminator_side(self) -> Iterator[None]:
+        """Within the block the trainer's step updates the heads: D's optimizer and parameters,
+        no LR schedule, D's loss."""
+        saved = self.optimizer, self.params, self.scheduler
+        self.optimizer, self.params, self.scheduler = self.d_optimizer, self.d_params, _NoSchedule()
+        self.disc.requires_grad_(True)
+        self._d_side = True
+        try:
+            yield
+        finally:
+            self.optimizer, self.params, self.scheduler = saved
+            self._d_side = False
 
     def _empty_prompt(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The cached empty-prompt embedding ``(1, L, D)`` and its mask ``(1, L)``: the teacher's
@@ -141,24 +221,45 @@ class DistillTrainer(Trainer):
         return trigflow_output(velocity_model(self.teacher), x_in, t, text, mask)
 
     # ------------------------------------------------------------------ one step
-    def compute_loss(self, batch: dict[str, Any], micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _draws(self, batch: dict[str, Any], micro: int) -> dict[str, torch.Tensor]:
+        """Per-sample randomness of this step (stateless: see the module doc)."""
         d = self.distill
         size = len(batch["ids"])
         first = self.rank * size
-        gens = [
-            step_generator(self.config.train.seed, self.step, micro, first + i) for i in range(size)
-        ]
+        shape = batch["latents"].shape[1:]
+        rows: dict[str, list[torch.Tensor]] = {}
+        for i in range(size):
+            g = step_generator(self.config.train.seed, self.step, micro, first + i)
+            scale = d.cfg_scales[int(torch.randint(len(d.cfg_scales), (1,), generator=g))]
+            values = dict(
+                cfg_scale=torch.tensor([scale], dtype=torch.float32),
+                t=sample_trigflow_times(1, d.p_mean, d.p_std, generator=g),
+                z=torch.randn(shape, generator=g)[None],
+                t_gen=sample_trigflow_times(1, d.p_mean, d.p_std, generator=g),
+                largest=torch.rand(1, generator=g) < d.largest_time_prob,
+                z_gen=torch.randn(shape, generator=g)[None],
+                t_fake=sample_trigflow_times(1, d.d_p_mean, d.d_p_std, generator=g),
+                z_fake=torch.randn(shape, generator=g)[None],
+                t_real=sample_trigflow_times(1, d.d_p_mean, d.d_p_std, generator=g),
+                z_real=torch.randn(shape, generator=g)[None],
+                t_mis=sample_trigflow_times(1, d.d_p_mean, d.d_p_std, generator=g),
+                z_mis=torch.randn(shape, generator=g)[None],
+            )
+            for key, value in values.items():
+                rows.setdefault(key, []).append(value)
+        return {key: torch.cat(value).to(self.device) for key, value in rows.items()}
+
+    def compute_loss(self, batch: dict[str, Any], micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.distill
+        r = self._draws(batch, micro)
         x0 = batch["latents"].to(self.device, torch.float32) * SIGMA_DATA
-        times, noises, scales = [], [], []
-        for g in gens:
-            times.append(sample_trigflow_times(1, d.p_mean, d.p_std, generator=g))
-            noises.append(torch.randn(x0.shape[1:], generator=g))
-            scales.append(d.cfg_scales[int(torch.randint(len(d.cfg_scales), (1,), generator=g))])
-        t = torch.cat(times).to(self.device)
-        z = torch.stack(noises).to(self.device) * SIGMA_DATA
-        cfg_scale = torch.tensor(scales, dtype=torch.float32, device=self.device)
-        guidance = cfg_scale * self.model.config.guidance_embeds_scale
+        guidance = r["cfg_scale"] * self.model.config.guidance_embeds_scale
         cond = (batch["text"].to(self.device), batch["text_mask"].to(self.device))
+        if self._d_side:
+            with self.autocast():
+                loss = self._discriminator_loss(x0, cond, guidance, r)
+            return loss, loss.detach()
+        t, z, cfg_scale = r["t"], r["z"] * SIGMA_DATA, r["cfg_scale"]
         with self.autocast():
             terms = scm_loss(
                 self.student,
@@ -176,19 +277,71 @@ class DistillTrainer(Trainer):
                 forward_ad=self.model.forward_ad_compatible,
                 trained=self.ddp_model,
             )
+            loss = d.scm_lambda * terms.loss
+            self.last_adv = None
+            if self.disc is not None:
+                self.last_adv = self._adversarial_loss(x0, cond, guidance, r)
+                loss = loss + d.adv_lambda * self.last_adv
         self.last_terms: ScmTerms = terms
-        return d.scm_lambda * terms.loss, terms.g_norm
+        return loss, terms.g_norm
+
+    def _generated_x0(self, x0, cond, guidance, r, student) -> torch.Tensor:
+        """The student's one-step x0 from a fresh noisy sample at the generator time, replaced by
+        t = 1.5708 (pure noise) with probability ``largest_time_prob`` (NVlabs'
+        ``train_largest_timestep``; spec §5.2, not diffusers' 0.5 rad)."""
+        t = torch.where(r["largest"], torch.full_like(r["t_gen"], LARGEST_TIME), r["t_gen"])
+        x_t = noisy_state(x0, r["z_gen"] * SIGMA_DATA, t)
+        f, _ = student(x_t / SIGMA_DATA, t, *cond, guidance)
+        return denoised(x_t, f.to(x_t.dtype), t)
+
+    def _adversarial_loss(self, x0, cond, guidance, r) -> torch.Tensor:
+        """G's LADD term ``-mean D(x0_hat noised at t_D)``: the gradient reaches the student
+        through the frozen teacher and heads (spectral norms frozen: eval mode)."""
+        x0_hat = self._generated_x0(x0, cond, guidance, r, self.ddp_model)
+        fake = noisy_state(x0_hat, r["z_fake"] * SIGMA_DATA, r["t_fake"])
+        self.disc.eval()
+        features = self.disc.features_of(fake / SIGMA_DATA, r["t_fake"], *cond)
+        return hinge_g_loss(self.ddp_disc(features))
+
+    def _discriminator_loss(self, x0, cond, guidance, r) -> torch.Tensor:
+        """D's hinge loss: real = data noised at t_real; fake = the student's x0 noised at t_fake,
+        plus (``misaligned_pairs``) real images with the batch's captions rolled by one."""
+        d = self.distill
+        with torch.no_grad():
+            x0_hat = self._generated_x0(x0, cond, guidance, r, self.student)
+        t_fake = r["t_fake"]
+        t_real = r["t_real"] if d.separate_real_fake_times else t_fake
+        fake = noisy_state(x0_hat, r["z_fake"] * SIGMA_DATA, t_fake)
+        real = noisy_state(x0, r["z_real"] * SIGMA_DATA, t_real)
+        text, mask = cond
+        fake_text, fake_mask = text, mask
+        if d.misaligned_pairs and x0.shape[0] > 1:
+            wrong = noisy_state(torch.roll(x0, 1, dims=0), r["z_mis"] * SIGMA_DATA, r["t_mis"])
+            fake, t_fake = torch.cat([fake, wrong]), torch.cat([t_fake, r["t_mis"]])
+            fake_text, fake_mask = torch.cat([text, text]), torch.cat([mask, mask])
+        self.disc.train()
+        with torch.no_grad():
+            fake_features = self.disc.features_of(fake / SIGMA_DATA, t_fake, fake_text, fake_mask)
+            real_features = self.disc.features_of(real / SIGMA_DATA, t_real, text, mask)
+        loss = hinge_d_loss(self.ddp_disc(real_features), self.ddp_disc(fake_features))
+        if d.r1_weight > 0:
+            loss = loss + d.r1_weight * r1_penalty(self.disc, real_features)
+        return loss
 
     def on_step_end(self, stats: dict[str, Any]) -> None:
+        if stats["phase"] == "D":
+            self.accelerator.log({"ladd/d_loss": stats["loss"]}, step=self.step)
+            return
         terms = self.last_terms
-        self.accelerator.log(
-            {
-                "scm/g_norm": float(terms.g_norm.mean()),
-                "scm/logvar": float(terms.logvar.mean()),
-                "scm/tangent_warmup": self.distill.warmup_ratio(self.step - 1),
-            },
-            step=self.step,
-        )
+        logs = {
+            "scm/loss": float(terms.loss),
+            "scm/g_norm": float(terms.g_norm.mean()),
+            "scm/logvar": float(terms.logvar.mean()),
+            "scm/tangent_warmup": self.distill.warmup_ratio(self.step - 1),
+        }
+        if self.last_adv is not None:
+            logs["ladd/g_loss"] = float(self.last_adv)
+        self.accelerator.log(logs, step=self.step)
 
     # ------------------------------------------------------------------ validation, export
     def validate(self) -> None:
@@ -213,13 +366,23 @@ class DistillTrainer(Trainer):
         self.accelerator.wait_for_everyone()
 
     def parts(self) -> dict[str, Stateful]:
-        return {**super().parts(), "logvar": self.student.logvar_linear}
+        parts = {**super().parts(), "logvar": self.student.logvar_linear}
+        if self.disc is not None:
+            parts |= {"discriminator": self.disc, "optimizer_d": self.d_optimizer}
+        return parts
 
     def export(self) -> Path:
         """``final/``: a ``SanaSprintPipeline`` folder (full), or the adapter, which applies on
         the Sprint model ``[model]`` names."""
         final = export_final(self.config, self.model, adapter=self.adapter)
         return final if self.adapter is not None else make_sprint_pipeline(final)
+
+
+class _NoSchedule:
+    """The discriminator's (absent) LR schedule while its step runs through the trainer's."""
+
+    def step(self) -> None:
+        pass
 
 
 def _check_teacher(teacher: SanaTransformer, student: SanaTransformer, source: str) -> None:
