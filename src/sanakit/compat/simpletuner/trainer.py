@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sanakit.compat.simpletuner import optim, output, precision
+from sanakit.compat.simpletuner import optim, output
 from sanakit.compat.simpletuner.common import (
     ABSENT,
     Context,
@@ -56,7 +56,6 @@ HANDLED = words(
     checkpoints_total_limit report_to resume_from_checkpoint data_backend_config seed
     train_batch_size gradient_accumulation_steps mixed_precision gradient_checkpointing
     gradient_checkpointing_interval crop crop_style crop_aspect evaluation_type num_eval_images
-    base_model_precision text_encoder_1_precision quantize_via
     eval_dataset_id pretrained_evaluation_model_name_or_path
     """
 ) | frozenset(DATASET_DEFAULTS)
@@ -80,7 +79,6 @@ class TrainerKeys(KeyReader):
         self._model()
         self._data_pointers()
         self._method()
-        precision.precision(self)
         optim.run_length(self)
         optim.optimizer(self)
         optim.flow(self)
