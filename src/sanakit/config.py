@@ -384,6 +384,10 @@ class DatasetConfig:
     flip: bool = False  # random horizontal flip; flipped latents are cached separately
     masks: bool = False  # loss masks: image.mask.png beside images (or mask_column/member)
     disabled: bool = False
+    # several captions per image: which one a step uses (see docs/data.md)
+    caption_selection: Literal["first", "uniform", "clip_weighted"] = "uniform"
+    caption_temperature: float = 1.0  # clip_weighted: P(caption) ~ exp(clip_score / temperature)
+    caption_score_column: str | None = None  # manifest: list column of the captions' CLIP scores
 
     def __post_init__(self) -> None:
         strategy, allowed = self.captions, _CAPTION_STRATEGIES[self.type]
@@ -430,6 +434,12 @@ class DatasetConfig:
              "probability", f"must be > 0, got {self.probability} (use disabled = true to skip)"),
             (self.loss_weight >= 0 and math.isfinite(self.loss_weight), "loss_weight",
              f"must be >= 0, got {self.loss_weight}"),
+            (self.caption_temperature > 0 and math.isfinite(self.caption_temperature),
+             "caption_temperature", f"must be > 0, got {self.caption_temperature}"),
+            (self.caption_selection == "clip_weighted" or self.caption_temperature == 1.0,
+             "caption_temperature", "is only used with caption_selection = 'clip_weighted'"),
+            (self.type == "manifest" and strategy == "manifest" or self.caption_score_column is None,
+             "caption_score_column", "is only used with type = 'manifest' and caption_strategy = 'manifest'"),
         ]  # fmt: skip
         for ok, key, detail in checks:
             if not ok:

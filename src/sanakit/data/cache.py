@@ -60,6 +60,8 @@ def digest(*parts: Any) -> str:
 RUNTIME_OPTIONS = frozenset(
     {
         "caption_dropout",
+        "caption_selection",
+        "caption_temperature",
         "repeats",
         "probability",
         "is_regularisation_data",
@@ -261,6 +263,7 @@ def _manifest(
                 "latent_flip": s.flip_key,
                 "texts": s.text_keys,
                 "captions": list(s.item.captions),
+                "caption_scores": list(s.item.caption_scores),
                 "mask": s.mask_hash is not None,
             }
             for s in samples

@@ -1,10 +1,17 @@
 """Caption strategies: text files beside images, cleaned file names, a fixed instance prompt,
 or a manifest column. Every function returns a tuple of one or more captions (several captions
-per image are allowed; the loader picks one per epoch) or raises :class:`CaptionProblem` with a
-reason for the cache report."""
+per image are allowed; the loader picks one per occurrence by the dataset's
+``caption_selection``) or raises :class:`CaptionProblem` with a reason for the cache report.
+
+Scored captions (Sana's multi-caption training, captions from several captioners chosen by their
+CLIP score): a ``stem.json`` sidecar ``{"captions": [{"text": ..., "clip_score": ...}, ...]}``
+beside an image replaces its ``.txt``; ``clip_score`` may be missing (``sanakit
+score-captions`` fills it in)."""
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,12 +22,16 @@ __all__ = [
     "CaptionProblem",
     "caption_file_for",
     "captions_from_value",
+    "read_caption_sidecar",
+    "scores_from_value",
     "filename_caption",
     "parse_caption_text",
     "read_caption_file",
 ]
 
 CAPTION_EXTENSIONS = (".txt", ".caption")  # image.txt is preferred over image.caption
+SIDECAR_EXTENSION = ".json"  # image.json {"captions": [...]} is preferred over both
+Scores = tuple[float | None, ...]
 
 _SEPARATORS = re.compile(r"[_\-]+")
 _NUMERIC_SUFFIX = re.compile(r"(?:(?:^|\s+)(?:\(\d+\)|\[\d+\]|\d+))+$")
@@ -98,3 +109,60 @@ def captions_from_value(value: Any, column: str) -> tuple[str, ...]:
     if not captions:
         raise CaptionProblem(f"empty caption in column {column!r}")
     return captions
+
+
+def sidecar_for(image_path: Path) -> Path:
+    """``stem.json`` beside ``image_path`` (it may not exist)."""
+    return image_path.with_suffix(SIDECAR_EXTENSION)
+
+
+def read_caption_sidecar(image_path: Path) -> tuple[tuple[str, ...], Scores] | None:
+    """(captions, scores) from ``stem.json`` beside ``image_path``; None when there is none or
+    it is JSON without a ``captions`` key (other metadata). Entries are ``{"text", "clip_score"}``
+    objects (score optional) or plain strings."""
+    path = sidecar_for(image_path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CaptionProblem(f"unreadable caption sidecar {path.name}: {err}") from None
+    if not isinstance(data, dict) or "captions" not in data:
+        return None
+    entries = data["captions"]
+    if not isinstance(entries, list):
+        raise CaptionProblem(f"{path.name}: 'captions' must be a list")
+    captions: list[str] = []
+    scores: list[float | None] = []
+    for entry in entries:
+        text, score = (entry, None) if isinstance(entry, str) else (None, None)
+        if isinstance(entry, dict):
+            text, score = entry.get("text"), entry.get("clip_score")
+        if not isinstance(text, str) or not text.strip():
+            raise CaptionProblem(f"{path.name}: every caption needs a non-empty 'text'")
+        if score is not None and not (isinstance(score, int | float) and math.isfinite(score)):
+            raise CaptionProblem(f"{path.name}: clip_score {score!r} is not a number")
+        captions.append(text.strip())
+        scores.append(None if score is None else float(score))
+    if not captions:
+        raise CaptionProblem(f"{path.name}: no captions")
+    return tuple(captions), tuple(scores)
+
+
+def scores_from_value(value: Any, column: str, count: int) -> Scores:
+    """``count`` CLIP scores from a manifest cell (a number for one caption, or a list)."""
+    if value is None:
+        return (None,) * count
+    items = (
+        list(value.tolist() if hasattr(value, "tolist") else value)
+        if not isinstance(value, int | float)
+        else [value]
+    )
+    if len(items) != count:
+        raise CaptionProblem(f"column {column!r} has {len(items)} scores for {count} captions")
+    out: list[float | None] = []
+    for item in items:
+        if item is not None and not (isinstance(item, int | float) and math.isfinite(item)):
+            raise CaptionProblem(f"column {column!r}: score {item!r} is not a number")
+        out.append(None if item is None else float(item))
+    return tuple(out)

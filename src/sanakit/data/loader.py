@@ -288,6 +288,7 @@ def _plans(cache: Cache, caption_dropout: float | None) -> list[DatasetPlan]:
         repeats = cfg.repeats
         weight = cfg.probability if cfg.probability is not None else len(samples) * (1 + repeats)
         dropout = cfg.caption_dropout if caption_dropout is None else caption_dropout
+        cdf = caption_cdf(cfg, samples)
         plans.append(
             DatasetPlan(
                 id=cfg.id,
@@ -299,10 +300,51 @@ def _plans(cache: Cache, caption_dropout: float | None) -> list[DatasetPlan]:
                 flip=cfg.flip,
                 fingerprint=digest(
                     [(s["id"], s["bucket"], s["latent"], s["texts"]) for s in samples]
+                )
+                if cdf is None
+                else digest(
+                    [(s["id"], s["bucket"], s["latent"], s["texts"]) for s in samples],
+                    cfg.caption_selection,
+                    cdf.tolist(),
                 ),
+                caption_cdf=cdf,
             )
         )
     return plans
+
+
+def caption_cdf(cfg: DatasetConfig, samples: list[dict[str, Any]]) -> np.ndarray | None:
+    """(N, C_max) cumulative caption probabilities of ``cfg.caption_selection`` (padded with 1),
+    or None for ``uniform``. ``first``: always caption 0. ``clip_weighted`` (Sana's multi-caption
+    sampling): ``P(c) = exp(s_c / T) / sum_k exp(s_k / T)`` over an image's captions, ``s`` the
+    CLIP scores, ``T`` = ``caption_temperature``; an image with several captions needs every
+    score (``sanakit score-captions`` fills them in)."""
+    if cfg.caption_selection == "uniform" or not samples:
+        return None
+    width = max(len(s["texts"]) for s in samples)
+    cdf = np.ones((len(samples), width), dtype=np.float64)
+    if cfg.caption_selection == "first":
+        return cdf
+    missing = []
+    for i, s in enumerate(samples):
+        n = len(s["texts"])
+        scores = s.get("caption_scores") or [None] * n
+        if n == 1:
+            continue
+        if any(v is None for v in scores):
+            missing.append(s.get("path", s["id"]))
+            continue
+        z = np.asarray(scores, dtype=np.float64) / cfg.caption_temperature
+        p = np.exp(z - z.max())
+        cdf[i, :n] = np.cumsum(p / p.sum())
+        cdf[i, n - 1 :] = 1.0
+    if missing:
+        raise SanakitError(
+            f"dataset {cfg.id!r}: caption_selection = 'clip_weighted' but {len(missing)} images "
+            f"have captions without a clip_score (first: {missing[0]}); run `sanakit "
+            "score-captions CONFIG --clip-model PATH` (or use caption_selection = 'uniform')"
+        )
+    return cdf
 
 
 def check_dataset_size(

@@ -3,8 +3,9 @@
 Each dataset cycles through its own epochs. An epoch of dataset ``d`` (seeded by ``(seed,
 id(d), epoch)``) repeats every sample ``1 + repeats`` times, shuffles each bucket's occurrences,
 cuts them into global batches of ``batch_size x world_size`` (the incomplete remainder of a
-bucket is left for the next epoch's shuffle), draws per occurrence the caption variant, caption
-dropout and flip, and shuffles the batch order. At global step ``s`` the dataset is drawn with
+bucket is left for the next epoch's shuffle), draws per occurrence the caption variant (uniform
+``floor(u n)``, or the first index whose cumulative probability ``caption_cdf`` exceeds ``u``),
+caption dropout and flip, and shuffles the batch order. At global step ``s`` the dataset is drawn with
 probability ``w_d / sum(w)`` from a generator seeded by ``(seed, s)``; ``w_d`` is the
 dataset's ``probability`` or, by default, ``images x (1 + repeats)``. Rank ``r`` takes rows
 ``[r B, (r + 1) B)`` of the global batch, so ranks see disjoint occurrences of the same bucket.
@@ -34,7 +35,9 @@ def _stable_int(text: str) -> int:
 class DatasetPlan:
     """What the planner needs of one dataset: ``buckets`` maps ``(h, w)`` to sorted sample
     indices; ``n_captions[i]`` is the number of caption variants of sample ``i``;
-    ``fingerprint`` identifies the sample list (checked on resume)."""
+    ``fingerprint`` identifies the sample list (checked on resume); ``caption_cdf`` (N, C_max),
+    when given, holds each sample's cumulative caption probabilities (padded with 1), else the
+    caption is uniform."""
 
     id: str
     buckets: dict[tuple[int, int], np.ndarray]
@@ -44,6 +47,7 @@ class DatasetPlan:
     caption_dropout: float
     flip: bool
     fingerprint: str
+    caption_cdf: np.ndarray | None = None
 
 
 class PlannedBatch(NamedTuple):
@@ -116,7 +120,12 @@ class BatchPlanner:
             occ = rng.permutation(np.repeat(d.buckets[bucket], 1 + d.repeats))
             n = len(occ) // g * g
             occ = occ[:n]
-            caption = np.floor(rng.random(n) * d.n_captions[occ]).astype(np.int64)
+            u = rng.random(n)
+            if d.caption_cdf is None:
+                caption = np.floor(u * d.n_captions[occ]).astype(np.int64)
+            else:  # the first caption whose cumulative probability exceeds u
+                caption = (u[:, None] >= d.caption_cdf[occ]).sum(axis=1).astype(np.int64)
+                caption = np.minimum(caption, d.n_captions[occ] - 1)
             if d.caption_dropout > 0:
                 caption[rng.random(n) < d.caption_dropout] = -1
             flip = (rng.random(n) < 0.5) if d.flip else np.zeros(n, dtype=bool)

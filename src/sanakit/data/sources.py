@@ -28,6 +28,8 @@ from sanakit.data.captions import (
     captions_from_value,
     filename_caption,
     read_caption_file,
+    read_caption_sidecar,
+    scores_from_value,
 )
 from sanakit.data.images import IMAGE_EXTENSIONS
 from sanakit.errors import SanakitError
@@ -90,7 +92,9 @@ class SourceItem:
     or ``split[i]``); ``location`` is the full path shown in the report; ``read`` returns the
     encoded bytes; ``stat`` is ``(size, mtime_ns)`` when the bytes live in a local file (lets the
     cache skip re-hashing unchanged files); ``captions`` is one or more captions unless
-    ``problem`` says why the item must be skipped; ``read_mask`` returns the mask bytes.
+    ``problem`` says why the item must be skipped; ``read_mask`` returns the mask bytes;
+    ``caption_scores`` the captions' CLIP scores (None where unknown; empty when no source gives
+    scores).
     """
 
     name: str
@@ -100,6 +104,7 @@ class SourceItem:
     captions: tuple[str, ...] = ()
     problem: str | None = None
     read_mask: Callable[[], bytes] | None = None
+    caption_scores: tuple[float | None, ...] = ()
 
 
 def _is_image_name(name: str) -> bool:
@@ -112,6 +117,18 @@ def _stat(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_size, st.st_mtime_ns
+
+
+def _scored_captions(
+    cfg: DatasetConfig, stem: str, image_path: Path | None
+) -> tuple[tuple[str, ...], tuple[float | None, ...]]:
+    """(captions, scores) of strategies without a manifest cell: with ``textfile``, a
+    ``stem.json`` sidecar (captions and CLIP scores) is preferred over ``stem.txt``."""
+    if cfg.captions == "textfile" and image_path is not None:
+        scored = read_caption_sidecar(image_path)
+        if scored is not None:
+            return scored
+    return _fixed_captions(cfg, stem, image_path), ()
 
 
 def _fixed_captions(cfg: DatasetConfig, stem: str, image_path: Path | None) -> tuple[str, ...]:
@@ -141,9 +158,9 @@ def _folder(cfg: DatasetConfig, root: Path, where: str) -> list[SourceItem]:
                 continue
             path = Path(dirpath) / filename
             rel = path.relative_to(root).as_posix()
-            problem, captions, read_mask = None, (), None
+            problem, captions, scores, read_mask = None, (), (), None
             try:
-                captions = _fixed_captions(cfg, path.stem, path)
+                captions, scores = _scored_captions(cfg, path.stem, path)
             except CaptionProblem as err:
                 problem = err.reason
             if cfg.masks:
@@ -154,7 +171,14 @@ def _folder(cfg: DatasetConfig, root: Path, where: str) -> list[SourceItem]:
                     problem = f"missing mask file {mask_path.name}"
             items.append(
                 SourceItem(
-                    rel, str(path), FileBytes(path), _stat(path), captions, problem, read_mask
+                    rel,
+                    str(path),
+                    FileBytes(path),
+                    _stat(path),
+                    captions,
+                    problem,
+                    read_mask,
+                    scores,
                 )
             )
     if not items:
@@ -281,6 +305,14 @@ def _manifest(cfg: DatasetConfig, path: Path, where: str) -> list[SourceItem]:
     _require_column(cfg.image_key, columns, "image_column", where, f"manifest {path.name}")
     if cfg.captions == "manifest":
         _require_column(cfg.caption_key, columns, "caption_column", where, f"manifest {path.name}")
+    if cfg.caption_score_column is not None:
+        _require_column(
+            cfg.caption_score_column,
+            columns,
+            "caption_score_column",
+            where,
+            f"manifest {path.name}",
+        )
     if cfg.fallback_caption_column is not None:
         _require_column(
             cfg.fallback_caption_column,
@@ -312,6 +344,15 @@ def _manifest_captions(cfg: DatasetConfig, row: dict[str, Any]) -> tuple[str, ..
             raise CaptionProblem(f"{err.reason} and in fallback column {fallback!r}") from None
 
 
+def _has_captions(value: Any, column: str) -> bool:
+    """Whether the caption column itself gave the captions (not the fallback column)."""
+    try:
+        captions_from_value(value, column)
+    except CaptionProblem:
+        return False
+    return True
+
+
 def _row_item(
     cfg: DatasetConfig,
     row: dict[str, Any],
@@ -330,19 +371,22 @@ def _row_item(
             name = local.relative_to(base).as_posix()
         except ValueError:
             name = local.as_posix()
-    problem, captions, read_mask = None, (), None
+    problem, captions, scores, read_mask = None, (), (), None
     try:
         if cfg.captions == "manifest":
             captions = _manifest_captions(cfg, row)
+            column = cfg.caption_score_column
+            if column is not None and _has_captions(row.get(cfg.caption_key), cfg.caption_key):
+                scores = scores_from_value(row.get(column), column, len(captions))
         else:
             stem = local.stem if local is not None else f"{label}_{i}"
-            captions = _fixed_captions(cfg, stem, local)
+            captions, scores = _scored_captions(cfg, stem, local)
         if cfg.masks:
             read_mask, _, _ = _cell_reader(row.get(cfg.mask_key), base, i, label)
     except CaptionProblem as err:
         problem = err.reason
     stat = _stat(local) if local is not None else None
-    return SourceItem(name, location, read, stat, captions, problem, read_mask)
+    return SourceItem(name, location, read, stat, captions, problem, read_mask, scores)
 
 
 # ----------------------------------------------------------------------------- hf
