@@ -264,18 +264,18 @@ def test_flow_shift_options_change_the_timestep_shift(root, keys, flow_shift, au
 
 def test_lowest_vram_lokr_config(root) -> None:
     write_tree(root, seed_blocks.LOWEST_VRAM_CONFIG)
-    with pytest.raises(SanakitError, match="base_model_precision = 'nf4-bnb' is not supported"):
-        import_config("config/config.json")
-    result = import_config("config/config.json", allow_unsupported=True)
-    t = result.config.train
-    assert t.method == "lokr" and t.optimizer == "lion8bit" and t.lr == 2e-5
+    result = import_config("config/config.json")  # nothing unsupported (issue 15)
+    m, t = result.config.model, result.config.train
+    assert (m.quantize, m.quantize_via, m.text_encoder_quantize) == ("nf4", "cpu", "none")
+    assert t.method == "lokr" and t.optimizer == "paged_lion8bit" and t.lr == 2e-5
+    assert t.gradient_checkpointing
     assert (t.betas, t.weight_decay, t.batch_size) == ((0.9, 0.99), 0.0, 1)
     # SimpleTuner's Sana example: Attention (factor 2 via module_algo_map); FeedForward is no
     # Sana class; full_matrix -> full_matrix (linear_dim and linear_alpha then do nothing)
     assert t.lokr.target_modules == ("to_q", "to_k", "to_v", "to_out.0")
     assert (t.lokr.factor, t.lokr.full_matrix, t.lokr.rank, t.lokr.alpha) == (2, True, 10000, None)
     notes = {e.key: e.note for e in result.mapping}
-    assert "paged" in notes["optimizer"]
+    assert notes["base_model_precision"] == "bitsandbytes NF4, as SimpleTuner"
     assert "wraps nothing" in notes["lycoris_config.json:apply_preset.target_module[FeedForward]"]
     assert all(ds.resolution == 1024 for ds in result.config.data.datasets[1:2])
 

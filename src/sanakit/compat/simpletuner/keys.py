@@ -17,15 +17,14 @@ from sanakit.compat.simpletuner.common import words
 
 _CACHE = "sanakit always caches latents and text embeddings before training (content-keyed)"
 _NO_QUANT = (
-    "sanakit does not quantise the base model (weights stay in their dtype, compute follows "
-    "mixed_precision)"
+    "sanakit quantises frozen weights only (model.quantize), not activations; compute follows "
+    "mixed_precision"
 )
 
 IGNORED: dict[str, str] = {
     "vae_batch_size": "only sets how many images SimpleTuner encodes at once (speed/memory)",
     "write_batch_size": "only sets how many cache entries SimpleTuner writes at once",
     "text_encoder_batch_size": "only sets how many captions are encoded at once (speed/memory)",
-    "quantize_via": "only chooses where SimpleTuner quantises; " + _NO_QUANT,
     "aspect_bucket_rounding": "SimpleTuner's bucket-key rounding; sanakit uses Sana's aspect table",
     "aspect_bucket_alignment": "SimpleTuner overrides it to 64 px for Sana whatever the value "
     "(helpers/models/sana/model.py), so it changes nothing there; sanakit rounds bucket sides "
@@ -98,8 +97,6 @@ OFF_ONLY: dict[str, tuple[tuple[object, ...], str]] = {
     "validation_disable_unconditional": ((), "sanakit's validation always uses CFG"),
     "validation_lycoris_strength": ((1, 1.0), "sanakit validates adapters at full strength"),
     "validation_using_datasets": ((), "sanakit validates from prompts only"),
-    "base_model_precision": (("no_change",), _NO_QUANT),
-    "text_encoder_1_precision": (("no_change",), _NO_QUANT),
     "eval_steps_interval": ((), "sanakit measures the eval loss every validation.every_steps"),
     "init_lora": ((), "start from an existing adapter is not supported by sanakit train"),
     "lora_init_type": (("default",), "sanakit uses peft's default LoRA init"),

@@ -18,10 +18,10 @@ from sanakit.compat.simpletuner.common import (
 )
 from sanakit.errors import SanakitError
 
-_PAGED = (
-    "the paged variant only moves optimizer state to CPU RAM under memory pressure; sanakit "
-    "uses the non-paged optimizer (same update)"
+_BNB32 = (
+    "bitsandbytes' 32-bit {algo}; sanakit runs {ours} (the same update with 32-bit state{paged})"
 )
+_PAGED = ", the paged state not needed"
 # SimpleTuner name -> (sanakit optimizer, SimpleTuner's default settings for it, note)
 OPTIMIZERS: dict[str, tuple[str, dict[str, Any], str]] = {
     "optimi-adamw": (
@@ -39,12 +39,32 @@ OPTIMIZERS: dict[str, tuple[str, dict[str, Any], str]] = {
     "adamw": ("adamw", {"betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 1e-2}, "torch AdamW"),
     "bnb-adamw8bit": ("adamw8bit", {"betas": [0.9, 0.999], "eps": 1e-6, "weight_decay": 1e-2}, ""),
     "bnb-adamw8bit-paged": (
-        "adamw8bit",
+        "paged_adamw8bit",
         {"betas": [0.9, 0.999], "eps": 1e-6, "weight_decay": 1e-2},
-        _PAGED,
+        "",
     ),
     "bnb-lion8bit": ("lion8bit", {"betas": [0.9, 0.99], "weight_decay": 0.0}, ""),
-    "bnb-lion8bit-paged": ("lion8bit", {"betas": [0.9, 0.99], "weight_decay": 0.0}, _PAGED),
+    "bnb-lion8bit-paged": ("paged_lion8bit", {"betas": [0.9, 0.99], "weight_decay": 0.0}, ""),
+    "bnb-adamw": (
+        "adamw",
+        {"betas": [0.9, 0.999], "eps": 1e-6, "weight_decay": 1e-2},
+        _BNB32.format(algo="AdamW", ours="torch AdamW", paged=""),
+    ),
+    "bnb-adamw-paged": (
+        "adamw",
+        {"betas": [0.9, 0.999], "eps": 1e-6, "weight_decay": 1e-2},
+        _BNB32.format(algo="AdamW", ours="torch AdamW", paged=_PAGED),
+    ),
+    "bnb-lion": (
+        "optimi-lion",
+        {"betas": [0.9, 0.99], "weight_decay": 0.0},
+        _BNB32.format(algo="Lion", ours="torch-optimi's Lion", paged=""),
+    ),
+    "bnb-lion-paged": (
+        "optimi-lion",
+        {"betas": [0.9, 0.99], "weight_decay": 0.0},
+        _BNB32.format(algo="Lion", ours="torch-optimi's Lion", paged=_PAGED),
+    ),
     "optimi-lion": (
         "optimi-lion",
         {"betas": [0.9, 0.99], "weight_decay": 0.0},

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sanakit.compat.simpletuner import optim, output
+from sanakit.compat.simpletuner import optim, output, precision
 from sanakit.compat.simpletuner.common import (
     ABSENT,
     Context,
@@ -22,7 +22,6 @@ from sanakit.compat.simpletuner.common import (
     as_float,
     as_int,
     as_str,
-    hub_cache,
     is_off,
     unknown_key,
     words,
@@ -56,7 +55,8 @@ HANDLED = words(
     checkpoints_total_limit report_to resume_from_checkpoint data_backend_config seed
     train_batch_size gradient_accumulation_steps mixed_precision gradient_checkpointing
     gradient_checkpointing_interval crop crop_style crop_aspect evaluation_type num_eval_images
-    eval_dataset_id pretrained_evaluation_model_name_or_path
+    base_model_precision text_encoder_1_precision quantize_via
+    eval_dataset_id
     """
 ) | frozenset(DATASET_DEFAULTS)
 KNOWN = HANDLED | set(IGNORED) | set(OFF_ONLY) | OTHER_OPTIONS
@@ -79,6 +79,7 @@ class TrainerKeys(KeyReader):
         self._model()
         self._data_pointers()
         self._method()
+        precision.precision(self)
         optim.run_length(self)
         optim.optimizer(self)
         optim.flow(self)
@@ -132,7 +133,7 @@ class TrainerKeys(KeyReader):
                 )
             return folder, how
         if _HUB_ID.match(name):
-            cached = hub_cache(name)
+            cached = _hub_cache(name)
             if cached is not None:
                 return cached, "found in the local Hugging Face cache (nothing downloaded)"
             local = name.rsplit("/", 1)[1]
@@ -238,3 +239,16 @@ class TrainerKeys(KeyReader):
             self.put("init_lokr_norm", "train.lokr.init_lokr_norm", value)
         elif norm is not ABSENT:
             self.ctx.ignored("init_lokr_norm", norm, "off (SimpleTuner's default)")
+
+
+def _hub_cache(repo_id: str) -> Path | None:
+    """The folder of ``repo_id`` in the local Hugging Face cache, never downloading."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:
+        return None
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
