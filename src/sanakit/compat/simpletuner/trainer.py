@@ -22,6 +22,7 @@ from sanakit.compat.simpletuner.common import (
     as_float,
     as_int,
     as_str,
+    hub_cache,
     is_off,
     unknown_key,
     words,
@@ -56,7 +57,7 @@ HANDLED = words(
     train_batch_size gradient_accumulation_steps mixed_precision gradient_checkpointing
     gradient_checkpointing_interval crop crop_style crop_aspect evaluation_type num_eval_images
     base_model_precision text_encoder_1_precision quantize_via
-    eval_dataset_id
+    eval_dataset_id pretrained_evaluation_model_name_or_path
     """
 ) | frozenset(DATASET_DEFAULTS)
 KNOWN = HANDLED | set(IGNORED) | set(OFF_ONLY) | OTHER_OPTIONS
@@ -133,7 +134,7 @@ class TrainerKeys(KeyReader):
                 )
             return folder, how
         if _HUB_ID.match(name):
-            cached = _hub_cache(name)
+            cached = hub_cache(name)
             if cached is not None:
                 return cached, "found in the local Hugging Face cache (nothing downloaded)"
             local = name.rsplit("/", 1)[1]
@@ -239,16 +240,3 @@ class TrainerKeys(KeyReader):
             self.put("init_lokr_norm", "train.lokr.init_lokr_norm", value)
         elif norm is not ABSENT:
             self.ctx.ignored("init_lokr_norm", norm, "off (SimpleTuner's default)")
-
-
-def _hub_cache(repo_id: str) -> Path | None:
-    """The folder of ``repo_id`` in the local Hugging Face cache, never downloading."""
-    try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
-    except ImportError:
-        return None
-    try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except (LocalEntryNotFoundError, OSError, ValueError):
-        return None
