@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from sanakit.models import SanaTransformer
+from sanakit.sprint.trigflow import SIGMA_DATA, noisy_state
 
 
 class BatchNormLocal(nn.Module):
@@ -136,6 +138,47 @@ class TeacherFeatureDiscriminator(nn.Module):
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Head logits ``(B, N * n_heads)`` of the features of :meth:`features_of`."""
         return torch.cat([head(f.float()) for head, f in zip(self.heads, features)], dim=1)
+
+
+class DiscriminatorBatch(NamedTuple):
+    """The discriminator's inputs: ``(x_in, t, text, mask)`` for the real and the fake branch."""
+
+    real: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
+    fake: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+
+def discriminator_batch(
+    x0: torch.Tensor,
+    x0_hat: torch.Tensor,
+    cond: tuple[torch.Tensor, torch.Tensor | None],
+    draws: dict[str, torch.Tensor],
+    *,
+    misaligned_pairs: bool,
+    separate_times: bool,
+    sigma_d: float = SIGMA_DATA,
+) -> DiscriminatorBatch:
+    """Real = data ``x0`` noised at ``t_real`` (or ``t_fake`` without ``separate_times``) with its
+    own B captions; fake = the student's ``x0_hat`` noised at ``t_fake``, plus, with
+    ``misaligned_pairs`` and B > 1, the real images rolled by one (``roll(x0, 1)``: image i-1 with
+    caption i) noised at ``t_mis`` as B more fakes with the *original* captions (NVlabs; the
+    diffusers script also doubles the real branch's captions, a batch mismatch). TrigFlow units
+    in, network inputs (``/ sigma_d``) out; ``draws`` holds ``t_*`` (B,) and ``z_*`` (standard
+    normal, shaped like ``x0``)."""
+    text, mask = cond
+    t_fake = draws["t_fake"]
+    t_real = draws["t_real"] if separate_times else t_fake
+    fake = noisy_state(x0_hat, draws["z_fake"] * sigma_d, t_fake)
+    real = noisy_state(x0, draws["z_real"] * sigma_d, t_real)
+    fake_text, fake_mask = text, mask
+    if misaligned_pairs and x0.shape[0] > 1:
+        wrong = noisy_state(torch.roll(x0, 1, dims=0), draws["z_mis"] * sigma_d, draws["t_mis"])
+        fake, t_fake = torch.cat([fake, wrong]), torch.cat([t_fake, draws["t_mis"]])
+        fake_text = torch.cat([text, text])
+        fake_mask = torch.cat([mask, mask]) if mask is not None else None
+    return DiscriminatorBatch(
+        real=(real / sigma_d, t_real, text, mask),
+        fake=(fake / sigma_d, t_fake, fake_text, fake_mask),
+    )
 
 
 def hinge_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ from sanakit.sprint.convert import QK_NORM, is_dense_time, student_from_teacher
 from sanakit.sprint.export import make_sprint_pipeline
 from sanakit.sprint.ladd import (
     TeacherFeatureDiscriminator,
+    discriminator_batch,
     hinge_d_loss,
     hinge_g_loss,
     r1_penalty,
@@ -309,20 +310,18 @@ class DistillTrainer(Trainer):
         d = self.distill
         with torch.no_grad():
             x0_hat = self._generated_x0(x0, cond, guidance, r, self.student)
-        t_fake = r["t_fake"]
-        t_real = r["t_real"] if d.separate_real_fake_times else t_fake
-        fake = noisy_state(x0_hat, r["z_fake"] * SIGMA_DATA, t_fake)
-        real = noisy_state(x0, r["z_real"] * SIGMA_DATA, t_real)
-        text, mask = cond
-        fake_text, fake_mask = text, mask
-        if d.misaligned_pairs and x0.shape[0] > 1:
-            wrong = noisy_state(torch.roll(x0, 1, dims=0), r["z_mis"] * SIGMA_DATA, r["t_mis"])
-            fake, t_fake = torch.cat([fake, wrong]), torch.cat([t_fake, r["t_mis"]])
-            fake_text, fake_mask = torch.cat([text, text]), torch.cat([mask, mask])
+        batch = discriminator_batch(
+            x0,
+            x0_hat,
+            cond,
+            r,
+            misaligned_pairs=d.misaligned_pairs,
+            separate_times=d.separate_real_fake_times,
+        )
         self.disc.train()
         with torch.no_grad():
-            fake_features = self.disc.features_of(fake / SIGMA_DATA, t_fake, fake_text, fake_mask)
-            real_features = self.disc.features_of(real / SIGMA_DATA, t_real, text, mask)
+            fake_features = self.disc.features_of(*batch.fake)
+            real_features = self.disc.features_of(*batch.real)
         loss = hinge_d_loss(self.ddp_disc(real_features), self.ddp_disc(fake_features))
         if d.r1_weight > 0:
             loss = loss + d.r1_weight * r1_penalty(self.disc, real_features)
