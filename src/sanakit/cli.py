@@ -16,6 +16,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "sanakit.commands.sprint_teacher",
     "sanakit.commands.distill",
     "sanakit.commands.cache",
+    "sanakit.commands.score_captions",
     "sanakit.commands.generate",
     "sanakit.commands.eval",
     "sanakit.commands.convert",
