@@ -20,8 +20,12 @@ import sys
 import time
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from sanakit.models import ModelConfig, SanaTransformer
+from sanakit.models.sana import trim_text_padding
 from sanakit.presets import get_preset
 
 # The benchmarks' transformer: 4 blocks x 512 wide (16 x 32 heads), cross-attention 16 x 32
@@ -78,8 +82,8 @@ def inputs(
 
 def step(impl: str, model: torch.nn.Module, batch) -> None:
     x, t, text, mask, guidance = batch
-    if impl == "ours":
-        out = model(x, t, text, mask, guidance)
+    if impl == "ours":  # the padding trimmed once per batch, as sanakit's loader and sampler do
+        out = model(x, t, *trim_text_padding(text, mask), guidance)
     else:
         out = model(
             x,
@@ -113,7 +117,7 @@ def saved_activation_bytes(impl: str, model: torch.nn.Module, batch) -> int:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         if impl == "ours":
-            model(x, t, text, mask, guidance)
+            model(x, t, *trim_text_padding(text, mask), guidance)
         else:
             model(
                 x,
@@ -123,6 +127,47 @@ def saved_activation_bytes(impl: str, model: torch.nn.Module, batch) -> int:
                 encoder_attention_mask=mask,
             )
     return total
+
+
+class _Allocations(TorchDispatchMode):
+    """Weak references to every storage an op creates while the mode is on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.storages: dict[int, tuple[StorageWeakRef, int]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(out)[0]:
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                self.storages.setdefault(
+                    storage.data_ptr(), (StorageWeakRef(storage), storage.nbytes())
+                )
+        return out
+
+
+def held_activation_bytes(impl: str, model: torch.nn.Module, batch) -> int:
+    """Bytes of the tensors one forward creates that are still alive after it, the output
+    excepted: what autograd holds for backward, including the inputs a checkpointed region keeps
+    by reference (which :func:`saved_activation_bytes`' hooks do not see), excluding the weights."""
+    x, t, text, mask, guidance = batch
+    mode = _Allocations()
+    with mode:
+        if impl == "ours":
+            out = model(x, t, *trim_text_padding(text, mask), guidance)
+        else:
+            out = model(
+                x,
+                encoder_hidden_states=text,
+                timestep=t,
+                guidance=guidance,
+                encoder_attention_mask=mask,
+            ).sample
+    output = out.untyped_storage().data_ptr()
+    return sum(
+        size for ptr, (ref, size) in mode.storages.items() if ptr != output and not ref.expired()
+    )
 
 
 def time_pair(args, config, dtype) -> dict[str, float]:
@@ -146,6 +191,7 @@ def time_pair(args, config, dtype) -> dict[str, float]:
     result = {impl: statistics.median(v) for impl, v in times.items()}
     for impl, model in models.items():
         result[f"{impl}_saved"] = saved_activation_bytes(impl, model, batch)
+        result[f"{impl}_held"] = held_activation_bytes(impl, model, batch)
     return result
 
 
@@ -245,6 +291,9 @@ def main() -> None:
                 "ours_saved_mb": round(times["ours_saved"] / 2**20, 1),
                 "diffusers_saved_mb": round(times["diffusers_saved"] / 2**20, 1),
                 "saved_ratio": round(times["ours_saved"] / times["diffusers_saved"], 3),
+                "ours_held_mb": round(times["ours_held"] / 2**20, 1),
+                "diffusers_held_mb": round(times["diffusers_held"] / 2**20, 1),
+                "held_ratio": round(times["ours_held"] / times["diffusers_held"], 3),
             }
             if not args.no_memory:
                 mem = {impl: peak_memory(run, dtype_name, impl) for impl in ("ours", "diffusers")}

@@ -31,6 +31,8 @@ from sanakit.models.layers import (
     LinearAttention,
     PatchEmbed,
     RMSNorm,
+    modulated_layer_norm,
+    recomputed,
 )
 
 
@@ -100,6 +102,16 @@ class SanaBlock(nn.Module):
         )
         self.ff = GLUMBConv(dim, config.mlp_ratio)
         self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
+        # Recompute the two modulated norms and the Mix-FFN's elementwise middle in backward
+        # instead of saving them (layers.recomputed); off inside forward_ad_compatible() and
+        # for a block that gradient checkpointing recomputes whole anyway.
+        self.recompute = True
+
+    def modulate(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """LN(x) * (1 + scale) + shift; with ``recompute`` LN(x) is not kept for backward."""
+        if self.recompute and torch.is_grad_enabled():
+            return recomputed(modulated_layer_norm, x, shift, scale, self.norm_eps)
+        return modulated_layer_norm(x, shift, scale, self.norm_eps)
 
     def forward(
         self,
@@ -114,14 +126,12 @@ class SanaBlock(nn.Module):
         mods = self.scale_shift_table[None] + modulation.reshape(x.shape[0], 6, dim)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.chunk(6, dim=1)
 
-        h = F.layer_norm(x, (dim,), eps=self.norm_eps)
-        h = torch.addcmul(shift_msa, h, 1 + scale_msa).to(x.dtype)
+        h = self.modulate(x, shift_msa, scale_msa).to(x.dtype)
         x = x + gate_msa * self.attn1(h)
 
         x = x + self.attn2(x, text, mask_bias)
 
-        h = F.layer_norm(x, (dim,), eps=self.norm_eps)
-        h = torch.addcmul(shift_mlp, h, 1 + scale_mlp)
+        h = self.modulate(x, shift_mlp, scale_mlp)
         return x + gate_mlp * self.ff(h, height, width)
 
 
@@ -148,6 +158,8 @@ class SanaTransformer(nn.Module):
         self.proj_out = nn.Linear(dim, config.patch_size**2 * config.output_channels)
         self.gradient_checkpointing = False  # a training setting: set_gradient_checkpointing()
         self.gradient_checkpointing_interval = 1
+        self.forward_ad = False  # True inside forward_ad_compatible()
+        self.compiled = False  # compile_blocks()
         self.reset_parameters()
 
     @torch.no_grad()
@@ -197,24 +209,60 @@ class SanaTransformer(nn.Module):
             raise SanakitError("gradient_checkpointing_interval must be >= 1")
         self.gradient_checkpointing = enabled
         self.gradient_checkpointing_interval = interval
+        self._set_recompute()
+
+    def _checkpointed(self, index: int) -> bool:
+        return (
+            self.gradient_checkpointing
+            and not self.forward_ad
+            and index % self.gradient_checkpointing_interval == 0
+        )
+
+    def _set_recompute(self) -> None:
+        """Per-region recomputation (SanaBlock.recompute) is on unless the whole block is
+        checkpointed (recomputed anyway) or forward-mode AD runs (checkpoint has no JVP)."""
+        for index, block in enumerate(self.transformer_blocks):
+            block.recompute = block.ff.recompute = not (
+                self.forward_ad or self._checkpointed(index)
+            )
+
+    def compile_blocks(self, **options) -> None:
+        """Regional ``torch.compile``: every SanaBlock is compiled with ``fullgraph=True`` and
+        PyTorch's automatic dynamic shapes (``dynamic=None``). The blocks share one code object
+        and dynamo lifts their parameters to graph inputs, so one compiled graph serves all
+        blocks (compiled once, not once per block). The first shape is compiled static; when a
+        dimension changes (another aspect bucket, batch size or text length) it is recompiled
+        once with that dimension symbolic, and that graph serves every later value: a bounded
+        cache of at most 1 + the number of varying dimensions graphs, instead of one per bucket.
+        Works with gradient checkpointing (the checkpoint wraps the compiled block), autocast
+        and LoRA/LoKr layers injected before or after this call (they are traced at the first
+        call). Inside forward_ad_compatible() the blocks run eagerly (dynamo does not trace a
+        compiled function under an outer torch.func.jvp). ``options`` go to ``torch.compile``
+        (e.g. ``mode``, ``backend``)."""
+        options = {"fullgraph": True, "dynamic": None, **options}
+        for block in self.transformer_blocks:
+            block.compile(**options)
+        self.compiled = True
 
     @contextmanager
     def forward_ad_compatible(self) -> Iterator[None]:
         """Within the block, the forward supports forward-mode AD (``torch.func.jvp``): attention
         runs in plain fp32 ops instead of the custom-backward linear-attention kernel and the
-        fused SDPA, and gradient checkpointing is bypassed (sCM's tangent, Sana-Sprint §4.5).
+        fused SDPA, gradient checkpointing and the per-region recomputation are bypassed, and
+        compiled blocks run eagerly (sCM's tangent, Sana-Sprint §4.5).
         Same outputs as the normal path up to fp32 rounding."""
         attention = [m for m in self.modules() if isinstance(m, LinearAttention | CrossAttention)]
-        checkpointing = self.gradient_checkpointing
         for module in attention:
             module.forward_ad = True
-        self.gradient_checkpointing = False
+        self.forward_ad = True  # no checkpointing, no region recomputation, eager blocks
+        self._set_recompute()
         try:
             yield
         finally:
             for module in attention:
                 module.forward_ad = False
-            self.gradient_checkpointing = checkpointing
+            self.forward_ad = False
+            self._set_recompute()
 
     def forward(
         self,
@@ -251,14 +299,11 @@ class SanaTransformer(nn.Module):
 
         for index, block in enumerate(self.transformer_blocks):
             args = (tokens, context, mask_bias, modulation, h, w)
-            if (
-                self.gradient_checkpointing
-                and torch.is_grad_enabled()
-                and index % self.gradient_checkpointing_interval == 0
-            ):
-                tokens = checkpoint(block, *args, use_reentrant=False)
+            run = block.forward if self.forward_ad else block  # .forward: never the compiled one
+            if self._checkpointed(index) and torch.is_grad_enabled():
+                tokens = checkpoint(run, *args, use_reentrant=False)
             else:
-                tokens = block(*args)
+                tokens = run(*args)
 
         shift, scale = (self.scale_shift_table[None] + t_emb[:, None]).chunk(2, dim=1)
         tokens = F.layer_norm(tokens, (tokens.shape[-1],), eps=1e-6) * (1 + scale) + shift
