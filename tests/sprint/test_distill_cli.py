@@ -314,9 +314,11 @@ def test_sigkill_then_resume_latest_is_bit_identical(full_run, config, work):
 
 
 def test_sanakit_train_refuses_a_distill_config(config, work):
-    path = _write(work / "train-distill.toml", config)
-    line = _one_line_error(["train", str(path)])
+    bad = copy.deepcopy(config)
+    bad["output"]["dir"] = str(work / "train-distill")
+    line = _one_line_error(["train", str(_write(work / "train-distill.toml", bad))])
     assert "[distill] is read by `sanakit distill CONFIG`" in line
+    assert not (work / "train-distill").exists()  # refused before anything is written
 
 
 @pytest.mark.parametrize("route", ["model.base", "distill.teacher"])
