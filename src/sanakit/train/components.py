@@ -134,7 +134,8 @@ def build_transformer(
     text_channels: int,
     device: str | torch.device = "cpu",
 ) -> SanaTransformer:
-    """The model to train in fp32 (master weights), with gradient checkpointing as configured.
+    """The model to train in fp32 (master weights), with gradient checkpointing and regional
+    compilation (``train.compile``, :meth:`SanaTransformer.compile_blocks`) as configured.
 
     With ``model.quantize`` (adapter runs only) the frozen base's large layers are replaced by
     int8 / nf4 ones (:func:`sanakit.quantize.quantize_layers`), one layer at a time, on the CPU
@@ -147,6 +148,8 @@ def build_transformer(
         from sanakit.quantize import quantize_layers
 
         quantize_layers(model, m.quantize, via=m.quantize_via or "cpu", device=device)
+    if t.compile:
+        model.compile_blocks()  # traced at the first call, after any adapter is injected
     return model
 
 

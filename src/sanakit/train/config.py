@@ -191,6 +191,8 @@ class TrainSection:
     mixed_precision: Precision = "auto"  # GPU: bf16; CPU: bf16 only with native bf16, else no
     gradient_checkpointing: bool = False
     gradient_checkpointing_interval: int = 1
+    # regional torch.compile of the transformer blocks (SanaTransformer.compile_blocks)
+    compile: bool = False
     timestep_sampling: Literal["logit_normal", "uniform", "mode"] = "logit_normal"
     logit_mean: float = 0.0
     logit_std: float = 1.0
