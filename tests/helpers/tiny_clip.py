@@ -35,8 +35,12 @@ def write_tiny_clip(
     patch_size: int = 8,
     projection_dim: int = 16,
     seed: int = 0,
+    full_size: bool = False,
 ) -> Path:
-    """A random CLIP at ``folder`` (created); the same arguments write the same weights."""
+    """A random CLIP at ``folder`` (created); the same arguments write the same weights.
+    ``full_size``: transformers' default ``CLIPConfig`` sizes (OpenAI ViT-B/32: 224 px images,
+    12-layer 768-wide vision and 512-wide text towers, 512-d projections) instead of the tiny
+    ones, for benchmarks."""
     from transformers import (
         CLIPConfig,
         CLIPImageProcessor,
@@ -55,32 +59,43 @@ def write_tiny_clip(
     (root / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"))
     eos = vocab["<|endoftext|>"]
-    config = CLIPConfig(
-        text_config={
-            "vocab_size": len(vocab),
-            "hidden_size": hidden_size,
-            "intermediate_size": 2 * hidden_size,
-            "num_hidden_layers": layers,
-            "num_attention_heads": heads,
-            "max_position_embeddings": 77,
-            "bos_token_id": vocab["<|startoftext|>"],
-            "eos_token_id": eos,
-            "pad_token_id": eos,
-        },
-        vision_config={
-            "hidden_size": hidden_size,
-            "intermediate_size": 2 * hidden_size,
-            "num_hidden_layers": layers,
-            "num_attention_heads": heads,
-            "image_size": image_size,
-            "patch_size": patch_size,
-        },
-        projection_dim=projection_dim,
+    special = {
+        "vocab_size": len(vocab),
+        "bos_token_id": vocab["<|startoftext|>"],
+        "eos_token_id": eos,
+        "pad_token_id": eos,
+    }
+    config = (
+        CLIPConfig(text_config=special)
+        if full_size
+        else CLIPConfig(
+            text_config={
+                "vocab_size": len(vocab),
+                "hidden_size": hidden_size,
+                "intermediate_size": 2 * hidden_size,
+                "num_hidden_layers": layers,
+                "num_attention_heads": heads,
+                "max_position_embeddings": 77,
+                "bos_token_id": vocab["<|startoftext|>"],
+                "eos_token_id": eos,
+                "pad_token_id": eos,
+            },
+            vision_config={
+                "hidden_size": hidden_size,
+                "intermediate_size": 2 * hidden_size,
+                "num_hidden_layers": layers,
+                "num_attention_heads": heads,
+                "image_size": image_size,
+                "patch_size": patch_size,
+            },
+            projection_dim=projection_dim,
+        )
     )
     torch.manual_seed(seed)
     CLIPModel(config).save_pretrained(root)
+    side = config.vision_config.image_size
     images = CLIPImageProcessor(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+        size={"shortest_edge": side}, crop_size={"height": side, "width": side}
     )
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(root)
     return root
