@@ -19,6 +19,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "sanakit.commands.score_captions",
     "sanakit.commands.generate",
     "sanakit.commands.eval",
+    "sanakit.commands.bench",
     "sanakit.commands.convert",
     "sanakit.commands.import_simpletuner",
     "sanakit.commands.configure",
