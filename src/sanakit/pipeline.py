@@ -47,7 +47,7 @@ from sanakit.sampling import (
     seed_generators,
     to_pil,
 )
-from sanakit.text import TextEncoder
+from sanakit.text import DEFAULT_INSTRUCTION, TextEncoder
 
 DEFAULT_STEPS: dict[str, int] = {"dpm": 20, "euler": 20, "scm": 2}
 DEFAULT_GUIDANCE = 4.5  # Sana's and Sana-Sprint's default guidance scale
@@ -137,7 +137,32 @@ def resolve_plan(
     return Plan(name, steps, float(guidance_scale), shift, do_cfg, size, sample_size, latent)
 
 
+SANAKIT_INFO = "sanakit.json"  # a pixel-shuffle run's export (train/export.py): no vae/ etc.
+
+
+def read_sanakit_info(root: Path) -> dict[str, Any] | None:
+    """The ``sanakit.json`` of a folder exported from a pixel-shuffle run (the demo): the
+    autoencoder factor, text-encoder folder, instruction, token window and flow shift that
+    replace ``vae/``, ``text_encoder/``, ``tokenizer/`` and ``scheduler/``; None otherwise."""
+    path = root / SANAKIT_INFO
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SanakitError(f"{path}: unreadable JSON ({err})") from err
+    if info.get("autoencoder") != "pixel-shuffle" or not info.get("text_encoder"):
+        raise SanakitError(
+            f"{path}: not a pixel-shuffle export (needs autoencoder 'pixel-shuffle' and text_encoder)"
+        )
+    return info
+
+
 def _check_pipeline_folder(root: Path) -> None:
+    if root.is_dir() and read_sanakit_info(root) is not None:
+        if not (root / "transformer").is_dir():
+            raise SanakitError(f"{root}: no transformer/ subfolder beside {SANAKIT_INFO}")
+        return
     if not root.is_dir():
         raise SanakitError(
             f"{root}: model folder not found; pass a diffusers-format Sana pipeline folder "
@@ -189,9 +214,14 @@ class PipelineSpec:
     def read(cls, folder: str | Path) -> PipelineSpec:
         root = Path(folder)
         _check_pipeline_folder(root)
-        settings = read_scheduler_config(root / "scheduler")
+        info = read_sanakit_info(root)
         transformer = read_config(resolve_transformer_dir(root / "transformer"))
-        downsample_factor, decoder_width = read_dc_ae_config(root / "vae")
+        if info is not None:  # pixel-shuffle: no decoder (3 output channels)
+            settings = _info_settings(info, transformer)
+            downsample_factor, decoder_width = int(info["pixel_shuffle_factor"]), 3
+        else:
+            settings = read_scheduler_config(root / "scheduler")
+            downsample_factor, decoder_width = read_dc_ae_config(root / "vae")
         weights = sum(
             path.stat().st_size
             for part in ("transformer", "vae", "text_encoder")
@@ -208,6 +238,14 @@ class PipelineSpec:
     def resolve(self, **request: Any) -> Plan:
         """:func:`resolve_plan` for this folder's model (keyword arguments as there)."""
         return resolve_plan(self.transformer, self.settings, self.downsample_factor, **request)
+
+
+def _info_settings(info: dict[str, Any], config: ModelConfig) -> SamplerSettings:
+    """A pixel-shuffle export's default sampler: Flow-DPM-Solver with its validation shift
+    (scm for a Sprint model)."""
+    if config.guidance_embeds:
+        return SamplerSettings("scm")
+    return SamplerSettings("dpm", flow_shift=float(info.get("flow_shift", 1.0)))
 
 
 def _resized_size(sample: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
@@ -306,8 +344,28 @@ class TextToImage:
         Never downloads."""
         root = Path(folder)
         _check_pipeline_folder(root)
-        settings = read_scheduler_config(root / "scheduler")
         transformer = load_transformer(root / "transformer", torch_dtype=dtype, device=device)
+        info = read_sanakit_info(root)
+        if info is not None:
+            from sanakit.autoencoder import load_autoencoder
+
+            text_encoder = TextEncoder.from_pretrained(
+                info["text_encoder"],
+                dtype=dtype,
+                device=device,
+                instruction=info.get("instruction", DEFAULT_INSTRUCTION),
+                max_length=int(info.get("text_max_length", 300)),
+            )
+            autoencoder = load_autoencoder(
+                "pixel-shuffle",
+                factor=int(info["pixel_shuffle_factor"]),
+                dtype=dtype,
+                device=device,
+            )
+            return cls(
+                transformer, text_encoder, autoencoder, _info_settings(info, transformer.config)
+            )
+        settings = read_scheduler_config(root / "scheduler")
         text_encoder = TextEncoder.from_pretrained(root, dtype=dtype, device=device)
         autoencoder = DCAutoencoder.from_pretrained(root / "vae", dtype=dtype, device=device)
         return cls(transformer, text_encoder, autoencoder, settings)

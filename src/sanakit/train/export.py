@@ -107,10 +107,17 @@ def write_pipeline(
     folder.mkdir(parents=True, exist_ok=True)
     save_transformer(model, folder / "transformer", dtype=dtype, state_dict=state_dict)
     if m.autoencoder == "pixel-shuffle":
+        from sanakit.text import DEFAULT_INSTRUCTION
+
+        instruction = (m.instruction or DEFAULT_INSTRUCTION) if m.use_instruction else None
         info = {
             "autoencoder": "pixel-shuffle",
             "pixel_shuffle_factor": m.pixel_shuffle_factor,
             "text_encoder": m.text_encoder,
+            # what sanakit.pipeline.TextToImage needs to load this folder like a pipeline
+            "instruction": None if instruction is None else list(instruction),
+            "text_max_length": m.text_max_length,
+            "flow_shift": scheduler_shift(config, model, m.pixel_shuffle_factor),
         }
         (folder / "sanakit.json").write_text(json.dumps(info, indent=2))
         return folder
