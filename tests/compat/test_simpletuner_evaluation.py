@@ -53,7 +53,7 @@ def test_the_default_clip_id_is_taken_from_the_local_hf_cache(
     shutil.copytree(tiny_clip_dir, repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    assert huggingface_hub.constants.HF_HUB_CACHE == str(cache)
+    assert str(cache) == huggingface_hub.constants.HF_HUB_CACHE
     write_tree(root, _config(evaluation_type="clip"), BACKENDS)
     result = import_config("config/config.json")
     assert result.config.validation.clip_model == str(repo / "snapshots" / commit)
