@@ -130,3 +130,23 @@ def test_bad_requests_are_refused_before_generating(
     assert main([*args, "--out", str(out), *SIZE, *extra]) == 2
     assert needle in capsys.readouterr().err
     assert not (tmp_path / "eval").exists()
+
+
+def test_scoring_in_chunks_gives_the_same_scores(tiny_clip_dir, tmp_path):
+    from sanakit.metrics.clip import ClipModel
+    from sanakit.metrics.evaluate import Scorers, score_images
+    from sanakit.metrics.fid import clip_features
+
+    _, reference = _setup(tmp_path)
+    paths = sorted(reference.glob("*.png"))
+    prompts = [f"prompt {i}" for i in range(len(paths))]
+    clip = ClipModel.load(tiny_clip_dir)
+    features = clip_features(clip)
+    ref = features.extract([Image.open(p).convert("RGB") for p in paths[:3]])
+    scorers = Scorers(clip=clip, features=features, reference=ref)
+    seen = []
+    chunked = score_images(paths, prompts, scorers, chunk=3, progress=seen.append)
+    whole = score_images(paths, prompts, scorers)
+    assert seen == [3, 1]
+    assert chunked["clip_score"] == pytest.approx(whole["clip_score"], abs=1e-5)
+    assert chunked["fid"] == pytest.approx(whole["fid"], rel=1e-6)

@@ -188,8 +188,11 @@ def run(args: argparse.Namespace) -> int:
                 progress=bar.update,
             )
     per_image_prompts = [p for p in prompts for _ in request.seeds]
-    for r in runs:
-        scores[r.label] = score_images(paths[r.label], per_image_prompts, scorers)
+    with tqdm(total=len(runs) * len(per_image_prompts), desc="score", unit="image") as bar:
+        for r in runs:
+            scores[r.label] = score_images(
+                paths[r.label], per_image_prompts, scorers, progress=bar.update
+            )
     report = summarise(scores, [r.label for r in runs])
     for r in runs:
         report["models"][r.label] |= {

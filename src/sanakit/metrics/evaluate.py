@@ -171,24 +171,37 @@ def _stored_meta(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def score_images(paths: Sequence[Path], prompts: Sequence[str], scorers: Scorers) -> dict[str, Any]:
+def score_images(
+    paths: Sequence[Path],
+    prompts: Sequence[str],
+    scorers: Scorers,
+    *,
+    chunk: int = 256,
+    progress: Callable[[int], None] = lambda images: None,
+) -> dict[str, Any]:
     """Per-image scores (``{"clip_score": [...], "demo_adherence": [...]}``) and, with a
-    reference, ``fid`` / ``kid`` / ``kid_std`` of the set."""
-    images = []
-    for path in paths:
-        with Image.open(path) as image:
-            images.append(image.convert("RGB"))
+    reference, ``fid`` / ``kid`` / ``kid_std`` of the set. Images are read and scored ``chunk``
+    at a time (bounded memory); ``progress(k)`` after every chunk of ``k`` images."""
+    from sanakit.metrics.demo import demo_adherence
+    from sanakit.metrics.fid import fid_kid
+
     out: dict[str, Any] = {}
-    if scorers.clip is not None:
-        out["clip_score"] = scorers.clip.score(images, list(prompts)).tolist()
-    if scorers.demo:
-        from sanakit.metrics.demo import demo_adherence
-
-        out["demo_adherence"] = demo_adherence(images, prompts)
+    features = []
+    for start in range(0, len(paths), chunk):
+        images = []
+        for path in paths[start : start + chunk]:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        texts = list(prompts[start : start + chunk])
+        if scorers.clip is not None:
+            out.setdefault("clip_score", []).extend(scorers.clip.score(images, texts).tolist())
+        if scorers.demo:
+            out.setdefault("demo_adherence", []).extend(demo_adherence(images, texts))
+        if scorers.reference is not None:
+            features.append(scorers.features.extract(images))
+        progress(len(images))
     if scorers.reference is not None:
-        from sanakit.metrics.fid import fid_kid
-
-        out.update(fid_kid(scorers.reference, scorers.features.extract(images)))
+        out.update(fid_kid(scorers.reference, torch.cat(features)))
     return out
 
 
