@@ -143,3 +143,13 @@ def test_reference_folder_reading(tmp_path):
         read_image_folder(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else tmp_path)
     with pytest.raises(SanakitError, match="at least 2"):
         fid_module.fid(torch.zeros(1, 3), torch.zeros(5, 3))
+
+
+def test_folder_features_in_chunks_equal_the_whole_folder(tiny_clip_dir, tmp_path):
+    from sanakit.metrics.fid import folder_features
+
+    for i, im in enumerate(_images(5, 3)):
+        im.save(tmp_path / f"{i}.png")
+    space = clip_features(ClipModel.load(tiny_clip_dir))
+    whole = space.extract(read_image_folder(tmp_path, limit=4))
+    assert torch.allclose(folder_features(tmp_path, space, limit=4, chunk=3), whole, atol=1e-5)

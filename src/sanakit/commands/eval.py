@@ -160,16 +160,14 @@ def run(args: argparse.Namespace) -> int:
 
         scorers.clip = ClipModel.load(args.clip_model, device=device, what="--clip-model")
     if args.reference is not None:
-        from sanakit.metrics.fid import clip_features, inception_features, read_image_folder
+        from sanakit.metrics.fid import clip_features, folder_features, inception_features
 
         scorers.features = (
             inception_features(args.fid_model)
             if args.fid_model is not None
             else clip_features(scorers.clip)
         )
-        scorers.reference = scorers.features.extract(
-            read_image_folder(args.reference, args.fid_images)
-        )
+        scorers.reference = folder_features(args.reference, scorers.features, args.fid_images)
     check_metrics(scorers)
 
     from tqdm import tqdm

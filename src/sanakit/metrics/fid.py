@@ -158,22 +158,61 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, seed: int = 0) -> dict[str, 
     return {"fid": fid(real, fake), "kid": kid_mean, "kid_std": kid_std}
 
 
-def read_image_folder(folder: str | Path, limit: int | None = None) -> list[Image.Image]:
-    """The images of ``folder`` (sorted by path, recursively; at most ``limit``) as RGB.
-    Unreadable files are skipped; a folder without images is an error."""
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files under ``folder`` (recursively, sorted); a missing folder is an error."""
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise SanakitError(f"fid reference {root}: no such folder of reference images")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _read(path: Path) -> Image.Image | None:
+    with contextlib.suppress(OSError, UnidentifiedImageError), Image.open(path) as im:
+        return im.convert("RGB")
+    return None
+
+
+def _too_few(root: str | Path, count: int) -> SanakitError:
+    return SanakitError(
+        f"fid reference {Path(root).expanduser()}: {count} readable images; FID/KID need at "
+        f"least 2 (and thousands to mean anything); put {', '.join(IMAGE_SUFFIXES)} files there"
+    )
+
+
+def read_image_folder(folder: str | Path, limit: int | None = None) -> list[Image.Image]:
+    """The images of ``folder`` (sorted by path, recursively; at most ``limit``) as RGB.
+    Unreadable files are skipped; fewer than 2 images is an error."""
     images = []
-    for path in files:
+    for path in image_files(folder):
         if limit is not None and len(images) >= limit:
             break
-        with contextlib.suppress(OSError, UnidentifiedImageError), Image.open(path) as im:
-            images.append(im.convert("RGB"))
+        image = _read(path)
+        if image is not None:
+            images.append(image)
     if len(images) < 2:
-        raise SanakitError(
-            f"fid reference {root}: {len(images)} readable images; FID/KID need at least 2 "
-            f"(and thousands to mean anything); put {', '.join(IMAGE_SUFFIXES)} files there"
-        )
+        raise _too_few(folder, len(images))
     return images
+
+
+def folder_features(
+    folder: str | Path, space: FeatureSpace, limit: int | None = None, chunk: int = 256
+) -> torch.Tensor:
+    """(N, D) features of the images of ``folder`` (as :func:`read_image_folder`), read and
+    extracted ``chunk`` images at a time so a large reference set never sits in memory."""
+    out, images, count = [], [], 0
+    for path in image_files(folder):
+        if limit is not None and count >= limit:
+            break
+        image = _read(path)
+        if image is None:
+            continue
+        images.append(image)
+        count += 1
+        if len(images) == chunk:
+            out.append(space.extract(images))
+            images = []
+    if images:
+        out.append(space.extract(images))
+    if count < 2:
+        raise _too_few(folder, count)
+    return torch.cat(out)

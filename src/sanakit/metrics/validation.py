@@ -27,8 +27,8 @@ from sanakit.metrics.fid import (
     FeatureSpace,
     clip_features,
     fid_kid,
+    folder_features,
     inception_features,
-    read_image_folder,
 )
 from sanakit.train.config import ValidationSection
 
@@ -67,8 +67,7 @@ class RoundScorer:
     def reference(self) -> torch.Tensor:
         """(N, D) features of the reference folder (computed once)."""
         if self._reference is None:
-            images = read_image_folder(self.validation.fid_reference)
-            self._reference = self.features().extract(images)
+            self._reference = folder_features(self.validation.fid_reference, self.features())
         return self._reference
 
     def score(
