@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from sanakit.config import DataConfig, from_dict
 from sanakit.data import build_cache, make_loader, open_cache
@@ -196,3 +197,18 @@ def test_manifest_score_column(tmp_path):
     items = discover(from_dict(DatasetConfig, {**raw, "caption_score_column": "scores"}))
     assert items[0].caption_scores == (1.0, 2.0) and items[0].problem is None
     assert items[1].problem == "column 'scores' has 1 scores for 2 captions"
+
+
+def test_loader_resume_mid_epoch_gives_the_same_weighted_captions(tmp_path):
+    _dataset(tmp_path / "img")
+    cfg = _config(tmp_path, caption_selection="clip_weighted", caption_temperature=0.7)
+    build_cache(cfg, FakeAutoencoder(), FakeTextEncoder(), batch_size=2, progress=False)
+    loader = make_loader(cfg, batch_size=2, seed=1)
+    for _ in range(2):  # 3 batches per epoch: stop inside the first
+        next(loader)
+    state = json.loads(json.dumps(loader.state_dict()))
+    want = [next(loader)["text"] for _ in range(5)]  # into the next epochs
+    resumed = make_loader(cfg, batch_size=2, seed=1)
+    resumed.load_state_dict(state)
+    for text in want:
+        assert torch.equal(next(resumed)["text"], text)
