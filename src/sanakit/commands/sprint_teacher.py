@@ -34,23 +34,29 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SanakitError(f"--out {out}: exists and is not an empty folder; choose a new folder")
     source = resolve_transformer_dir(base)
+    nested = source != base  # a pipeline (or pixel-shuffle export) folder holding transformer/
+    index_path = base / "model_index.json"
+    if nested and index_path.is_file():
+        kind = json.loads(index_path.read_text()).get("_class_name")
+        if kind not in ("SanaPipeline", "SanaSprintPipeline"):  # Sprint: refused below, precisely
+            raise SanakitError(f"{base}: a {kind} folder; sprint-teacher converts a SanaPipeline")
     model = load_transformer(source)  # stored dtype (bf16 for the released models)
     teacher, changes = make_sprint_teacher(model)
-    pipeline = source != base and (base / "model_index.json").is_file()
-    target = out / "transformer" if pipeline else out
-    save_transformer(teacher, target)
-    if pipeline:
-        for part in sorted(p for p in base.iterdir() if p.is_dir() and p.name != "transformer"):
-            link_tree(part, out / part.name)
-        shutil.copy2(base / "model_index.json", out / "model_index.json")
-        index = json.loads((out / "model_index.json").read_text())
-        if index.get("_class_name") != "SanaPipeline":
-            raise SanakitError(
-                f"{base}: model_index.json is {index.get('_class_name')!r}, not SanaPipeline"
-            )
-    print(f"wrote the Sana-Sprint teacher {out} ({'pipeline' if pipeline else 'transformer'})")
-    for change in changes or ["nothing: it already has qk-norm and dense time"]:
-        print(f"  changed {change}" if changes else f"  changed {change}")
+    save_transformer(teacher, out / "transformer" if nested else out)
+    if nested:  # the other parts keep their layout: linked folders, copied files
+        for part in sorted(base.iterdir()):
+            if part.name == "transformer":
+                continue
+            if part.is_dir():
+                link_tree(part, out / part.name)
+            else:
+                shutil.copy2(part, out / part.name)
+    kind = "pipeline" if index_path.is_file() else "folder" if nested else "transformer"
+    print(f"wrote the Sana-Sprint teacher {out} ({kind})")
+    for change in changes:
+        print(f"  {change}")
+    if not changes:
+        print("  nothing changed: it already has qk-norm and dense time")
     print(
         "next: fine-tune it with `sanakit train` (all parameters, flow loss, caption dropout 0.1; "
         "docs/sprint.md), then `sanakit distill`"

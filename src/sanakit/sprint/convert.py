@@ -7,8 +7,11 @@
   homogeneous, so a per-token rescale of q cancels in num/den); ``norm_k`` and the cross-attention
   norms are not, so the converted model must be fine-tuned (``sanakit train``).
 - Student: the teacher's architecture with a guidance embedding (diffusers'
-  ``SanaCombinedTimestepGuidanceEmbeddings``) whose four tensors start at zero, so the student
-  equals the wrapped teacher at step 0 (diffusers' research script; NVlabs' random init does not).
+  ``SanaCombinedTimestepGuidanceEmbeddings``) whose output layer starts at zero, so the student
+  equals the wrapped teacher at step 0. Its first layer starts random (N(0, 0.02), the model's
+  init of time MLPs): diffusers' research script zeroes all four tensors, a saddle where every
+  weight gradient is zero (only the last bias can learn), so that student never depends on the
+  guidance scale; NVlabs' all-random init makes the student differ from the teacher at step 0.
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ def make_sprint_teacher(model: SanaTransformer) -> tuple[SanaTransformer, list[s
 
 
 def student_from_teacher(teacher: SanaTransformer, *, share: bool = False) -> SanaTransformer:
-    """The Sprint student of a dense-time teacher: same weights plus a zero guidance embedding.
+    """The Sprint student of a dense-time teacher: same weights plus a guidance embedding whose
+    output is zero (first layer drawn from the global RNG: seed it for a reproducible student).
 
     ``share``: the student's tensors are the teacher's (one copy in memory, for a frozen base
     under an adapter); else a copy. diffusers' key layout: the teacher's
@@ -85,4 +89,8 @@ def student_from_teacher(teacher: SanaTransformer, *, share: bool = False) -> Sa
     for key, tensor in teacher.state_dict().items():
         key = key.replace("time_embed.emb.timestep_embedder.", "time_embed.timestep_embedder.")
         state[key] = tensor if share else tensor.clone()
-    return _rebuild(teacher, teacher.config.replace(guidance_embeds=True), state, fill=0.0)
+    student = _rebuild(teacher, teacher.config.replace(guidance_embeds=True), state, fill=0.0)
+    with torch.no_grad():  # linear_2 stays zero: the guidance term is 0 at step 0
+        first = student.time_embed.guidance_embedder.linear_1.weight
+        first.copy_(torch.randn(first.shape, dtype=torch.float32).to(first) * 0.02)
+    return student

@@ -127,7 +127,9 @@ class DistillTrainer(Trainer):
                 "or use train.method = 'full' to make a student from the teacher"
             )
         else:
-            net = student_from_teacher(model)  # a copy: the teacher stays as it is
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(t.seed)
+                net = student_from_teacher(model)  # a copy: the teacher stays as it is
         if d.teacher:
             teacher = load_transformer(d.teacher, torch_dtype=torch.float32)
             source = d.teacher
@@ -333,13 +335,13 @@ class DistillTrainer(Trainer):
             return
         terms = self.last_terms
         logs = {
-            "scm/loss": float(terms.loss),
+            "scm/loss": float(terms.loss.detach()),
             "scm/g_norm": float(terms.g_norm.mean()),
             "scm/logvar": float(terms.logvar.mean()),
             "scm/tangent_warmup": self.distill.warmup_ratio(self.step - 1),
         }
         if self.last_adv is not None:
-            logs["ladd/g_loss"] = float(self.last_adv)
+            logs["ladd/g_loss"] = float(self.last_adv.detach())
         self.accelerator.log(logs, step=self.step)
 
     # ------------------------------------------------------------------ validation, export
