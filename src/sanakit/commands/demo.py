@@ -8,6 +8,9 @@ import json
 import logging
 from pathlib import Path
 
+SPRINT_OUT = Path("sanakit-demo-sprint")
+SPRINT_MINUTES = 15.0
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from sanakit.demo.settings import DemoSettings
@@ -24,15 +27,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out",
         type=Path,
-        default=defaults.out,
-        help=f"output folder (default: {defaults.out})",
+        default=None,
+        help=f"output folder (default: {defaults.out}; with --sprint: {SPRINT_OUT})",
     )
     p.add_argument(
         "--minutes",
         type=float,
-        default=defaults.minutes,
+        default=None,
         help="time budget of this invocation in minutes: training stops early so that it and "
-        f"the sampling that follows end within it (default: {defaults.minutes:g})",
+        f"the sampling that follows end within it (default: {defaults.minutes:g}; with "
+        f"--sprint: {SPRINT_MINUTES:g})",
+    )
+    p.add_argument(
+        "--sprint",
+        action="store_true",
+        help="train the model as a Sana-Sprint teacher, distil it into a 1-4 step student "
+        "(sanakit distill) and score teacher and student side by side (OUT/sprint/)",
+    )
+    p.add_argument(
+        "--distill-steps",
+        type=int,
+        default=defaults.distill_steps,
+        help=f"--sprint: distillation steps to train to (default: {defaults.distill_steps})",
     )
     p.add_argument(
         "--steps",
@@ -46,12 +62,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sanakit.demo.run import run_demo
     from sanakit.demo.settings import DemoSettings
 
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
-    settings = DemoSettings(out=args.out, steps=args.steps, minutes=args.minutes, seed=args.seed)
+    out = args.out or (SPRINT_OUT if args.sprint else DemoSettings.out)
+    budget = args.minutes or (SPRINT_MINUTES if args.sprint else DemoSettings.minutes)
+    settings = DemoSettings(
+        out=out,
+        steps=args.steps,
+        minutes=budget,
+        seed=args.seed,
+        sprint=args.sprint,
+        distill_steps=args.distill_steps,
+    )
+    if args.sprint:
+        from sanakit.demo.sprint import run_sprint_demo
+
+        score = run_sprint_demo(settings)
+        print(json.dumps(score, indent=2))
+        print(f"grid: {out / 'sprint' / 'grid.png'}  student: {out / 'sprint' / 'final'}")
+        return 0
+    from sanakit.demo.run import run_demo
+
     score = run_demo(settings)
     print(json.dumps(score, indent=2))
-    print(f"grid: {args.out / 'grid.png'}  loss curve: {args.out / 'loss.png'}")
+    print(f"grid: {out / 'grid.png'}  loss curve: {out / 'loss.png'}")
     return 0

@@ -59,6 +59,10 @@ PACE_WARMUP = 3  # untimed steps of an invocation (kernel set-up, allocator warm
 PACE_STEPS = 10  # then timed steps, after which the pace and expected total are printed
 
 
+# a Sana-Sprint teacher from the start (sanakit.sprint.convert: RMS qk-norm, dense time)
+SPRINT_TEACHER_OVERRIDES = {"qk_norm": "rms_norm_across_heads", "timestep_scale": 0.001}
+
+
 def eval_prompts() -> list[tuple[str, str, str]]:
     """(colour, shape, prompt) for every colour x shape; the background is the (colour index +
     shape index)-th one (mod 3), so every colour and every shape is asked on every background."""
@@ -79,6 +83,7 @@ def run_config_dict(settings: DemoSettings) -> dict[str, Any]:
     return {
         "model": {
             "preset": settings.preset,
+            **({"preset_overrides": SPRINT_TEACHER_OVERRIDES} if settings.sprint else {}),
             "autoencoder": "pixel-shuffle",
             "pixel_shuffle_factor": settings.pixel_shuffle_factor,
             "text_encoder": str(out / "text_encoder"),
@@ -142,6 +147,7 @@ def prepare(settings: DemoSettings) -> RunConfig:
         "seed": settings.seed,
         "image_size": settings.image_size,
         "per_combo": settings.per_combo,
+        **({"sprint": True} if settings.sprint else {}),  # a Sprint teacher: another model
     }
     if state_path.is_file():
         before = json.loads(state_path.read_text())
@@ -194,6 +200,11 @@ class DemoTrainer(Trainer):
         self.pace: Pace | None = None
 
     @property
+    def train_seconds_logged(self) -> float:
+        """Training seconds at the last logged step (over every invocation)."""
+        return self.history[-1]["seconds"] if self.history else 0.0
+
+    @property
     def train_seconds(self) -> float:
         """Training wall time over every invocation of this demo folder."""
         return self.seconds_before + (time.perf_counter() - self.started)
@@ -208,7 +219,9 @@ class DemoTrainer(Trainer):
             self.pace_start = PaceSample.now()
         elif done == PACE_WARMUP + PACE_STEPS and self.pace_start is not None:
             self.pace = Pace.between(self.pace_start, PaceSample.now(), PACE_STEPS, self.precision)
-            self.sampling_seconds = estimate_sampling_seconds(self, self.settings)
+            # --sprint: the teacher's deadline already leaves time for distilling and scoring
+            if not self.settings.sprint:
+                self.sampling_seconds = estimate_sampling_seconds(self, self.settings)
             self.report_pace(self.pace)
         if self.deadline is not None and self.step < self.max_steps:
             step_seconds = (time.perf_counter() - self.started) / max(1, done)
@@ -365,10 +378,10 @@ def sample_and_score(
     return score_predictions(judged)
 
 
-def run_demo(settings: DemoSettings) -> dict[str, Any]:
-    """The whole demo (see the module doc); returns the contents of ``score.json``."""
-    started = time.perf_counter()
-    deadline = started + settings.minutes * 60.0 if settings.minutes is not None else None
+def train_demo(settings: DemoSettings, deadline: float | None) -> DemoTrainer:
+    """Steps 1-4 of the demo: data, text encoder, config, then training (resumed from the last
+    checkpoint when there is one) until ``settings.steps`` or ``deadline``; writes ``loss.png``
+    and ``final/``. Returns the trainer (the scoring samples from it)."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
     config = prepare(settings)
@@ -393,13 +406,21 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
         )
         raise
     history = trainer.history
-    train_seconds = history[-1]["seconds"] if history else 0.0
     loss_plot(
         [r["step"] for r in history],
         [r["loss"] for r in history],
-        title=f"training loss, {trainer.step} steps, {train_seconds:.0f} s",
+        title=f"training loss, {trainer.step} steps, {trainer.train_seconds_logged:.0f} s",
     ).save(out / "loss.png")
+    return trainer
+
+
+def run_demo(settings: DemoSettings) -> dict[str, Any]:
+    """The whole demo (see the module doc); returns the contents of ``score.json``."""
+    started = time.perf_counter()
+    deadline = started + settings.minutes * 60.0 if settings.minutes is not None else None
+    trainer = train_demo(settings, deadline)
     scores = sample_and_score(trainer, settings, deadline)
+    train_seconds = trainer.train_seconds_logged
     result = {**scores, "train_seconds": round(train_seconds, 1), "steps": trainer.step}
-    (out / "score.json").write_text(json.dumps(result, indent=2) + "\n")
+    (settings.out / "score.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

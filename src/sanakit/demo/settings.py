@@ -43,6 +43,17 @@ class DemoSettings:
     sample_steps: int = 20
     seeds_per_prompt: int = 8  # 96 samples: 4 per prompt moved the score by +-0.06
     threads: int | None = 2
+    # --sprint: the model is a Sana-Sprint teacher (RMS qk-norm, dense time), then distilled
+    # into a few-step student (sanakit.demo.sprint) within the same --minutes
+    sprint: bool = False
+    teacher_share: float = 0.55  # of the --minutes budget: teacher training ends by then
+    distill_steps: int = 600
+    distill_lr: float = 1e-4  # spec §10.1 (the tiny model needs far more than Sprint's 2e-6)
+    distill_batch_size: int = 32
+    distill_cfg_scales: tuple[float, ...] = (1.5,)  # the teacher's guidance (see guidance)
+    tangent_warmup_steps: int = 100
+    sprint_steps: tuple[int, ...] = (1, 2, 4)  # student SCM steps scored
+    teacher_steps: tuple[int, ...] = (20, 2)  # teacher DPM steps scored
     text: TextStack = field(default_factory=TextStack)
 
     def __post_init__(self) -> None:
