@@ -30,7 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--lora", action="append", type=Path, default=[], metavar="PATH", help="adapter for --model"
     )
-    parser.add_argument("--lora-scale", type=float, default=1.0, help="strength of --lora")
+    parser.add_argument(
+        "--lora-scale", type=float, default=1.0, help="strength of --lora and --compare-lora"
+    )
     parser.add_argument("--compare", type=Path, help="a second pipeline folder, side by side")
     parser.add_argument(
         "--compare-lora",
