@@ -150,3 +150,18 @@ def test_scoring_in_chunks_gives_the_same_scores(tiny_clip_dir, tmp_path):
     assert seen == [3, 1]
     assert chunked["clip_score"] == pytest.approx(whole["clip_score"], abs=1e-5)
     assert chunked["fid"] == pytest.approx(whole["fid"], rel=1e-6)
+
+
+def test_a_sprint_student_against_its_teacher_each_with_its_own_sampler(
+    tiny_pipeline_dir, tiny_sprint_pipeline_dir, tiny_clip_dir, tmp_path, capsys
+):
+    prompts, _ = _setup(tmp_path)
+    out = tmp_path / "eval" / "report.json"
+    args = ["eval", "--model", str(tiny_sprint_pipeline_dir), "--compare", str(tiny_pipeline_dir)]
+    args += ["--prompts", str(prompts), "--clip-model", str(tiny_clip_dir), "--seeds", "1"]
+    assert main([*args, "--out", str(out), *SIZE]) == 0
+    models = json.loads(out.read_text())["models"]
+    assert (models["model"]["sampler"], models["model"]["steps"]) == ("scm", 2)
+    assert (models["compare"]["sampler"], models["compare"]["steps"]) == ("dpm", 20)
+    with Image.open(out.parent / "report-images" / "model" / "0000-0.png") as image:
+        assert json.loads(image.text["parameters"])["sampler"] == "scm"

@@ -194,18 +194,19 @@ def run(args: argparse.Namespace) -> int:
                 paths[r.label], per_image_prompts, scorers, progress=bar.update
             )
     report = summarise(scores, [r.label for r in runs])
-    for r in runs:
+    for r, plan in zip(runs, plans):  # each model's own sampler (a Sprint student: scm, 2 steps)
         report["models"][r.label] |= {
             "model": str(r.model),
             "lora": [str(a) for a in r.loras],
             "images": len(paths[r.label]),
+            "sampler": plan.sampler,
+            "steps": plan.steps,
+            "guidance": plan.guidance_scale,
+            "flow_shift": plan.flow_shift,
         }
     report["settings"] = {
         "prompts": str(args.prompts),
         "seeds": list(request.seeds),
-        "steps": plans[0].steps,
-        "sampler": plans[0].sampler,
-        "guidance": plans[0].guidance_scale,
         "size": list(plans[0].size),
         "clip_model": str(args.clip_model) if args.clip_model else None,
         "reference": str(args.reference) if args.reference else None,
