@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sanakit.errors import SanakitError
@@ -140,7 +141,7 @@ def _bnb_linear(weight: torch.Tensor, bias: torch.Tensor | None, kind: str, key:
         )
     elif kind == "int8":
         # has_fp16_weights=False: int8 storage, frozen; threshold 0: no fp16 outlier columns
-        layer = bnb.nn.Linear8bitLt(
+        layer = _int8_linear_class(bnb)(
             in_features,
             out_features,
             bias=bias is not None,
@@ -154,6 +155,54 @@ def _bnb_linear(weight: torch.Tensor, bias: torch.Tensor | None, kind: str, key:
     if bias is not None:
         layer.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
     return layer
+
+
+class _Int8WeightOnlyMatmul(torch.autograd.Function):
+    """y = x W^T + b with W = q * scale / 127 rebuilt on the fly, for a frozen int8 weight.
+
+    Only the int8 codes and row scales are saved for the backward (dL/dx = dL/dy W), through
+    ``save_for_backward``, so gradient checkpointing can drop them like any saved tensor.
+    bitsandbytes' own int8 matmuls keep their input on ``ctx`` (``ctx.A`` on the CPU,
+    ``ctx.tensors`` on CUDA), outside autograd's saved tensors: with checkpointing that held
+    every block's layer inputs until the backward (measured by benchmarks/bench_memory.py).
+    """
+
+    @staticmethod
+    def forward(ctx, x, codes, scale, bias):
+        dtype = x.dtype
+        if torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+        weight = codes.to(dtype) * (scale.to(dtype) / 127.0)[:, None]
+        ctx.save_for_backward(codes, scale)
+        ctx.dtype = dtype
+        bias = None if bias is None else bias.to(dtype)
+        return F.linear(x.to(dtype), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        codes, scale = ctx.saved_tensors
+        weight = codes.to(ctx.dtype) * (scale.to(ctx.dtype) / 127.0)[:, None]
+        return grad.to(ctx.dtype) @ weight, None, None, None
+
+
+_INT8_CLASS = {}
+
+
+def _int8_linear_class(bnb):
+    """``bnb.nn.Linear8bitLt`` (peft and LyCORIS recognise it) whose forward is
+    :class:`_Int8WeightOnlyMatmul` (weight-only int8, like optimum-quanto's and torchao's)."""
+    if "cls" not in _INT8_CLASS:
+
+        class Int8Linear(bnb.nn.Linear8bitLt):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                weight = self.weight
+                scale = getattr(weight, "SCB", None)
+                if scale is None:
+                    scale = self.state.SCB
+                return _Int8WeightOnlyMatmul.apply(x, weight.data, scale, self.bias)
+
+        _INT8_CLASS["cls"] = Int8Linear
+    return _INT8_CLASS["cls"]
 
 
 class QuantizedConv1x1(nn.Conv2d):

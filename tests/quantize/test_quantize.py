@@ -150,3 +150,26 @@ def test_refusals() -> None:
     handle = apply_adapter(model, LoraSpec(rank=2))
     with pytest.raises(SanakitError, match="cannot merge an adapter into a quantised base"):
         handle.merge()
+
+
+def test_int8_is_weight_only_and_saves_only_its_codes() -> None:
+    """int8 computes x W^T + b with W = q * scale / 127 and keeps only q and the scales for the
+    backward (as saved tensors, which checkpointing can drop) -- not its input."""
+    linear = nn.Linear(64, 32)
+    model = nn.Sequential(linear)
+    weight, bias = linear.weight.detach().clone(), linear.bias.detach().clone()
+    quantize_layers(model, "int8", keep=())
+    layer = model[0]
+    assert isinstance(layer, bnb.nn.Linear8bitLt) and layer.weight.dtype == torch.int8
+    w_q = dequantized_weight(layer)
+    # half a step of the row's scale absmax / 127, plus bitsandbytes' fp16 rounding of W first
+    row_max = weight.abs().amax(dim=1, keepdim=True)
+    assert bool(((w_q - weight).abs() <= row_max / 254 + row_max * 2.0**-10).all())
+    x = torch.randn(4, 64, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = layer(x)
+    assert [t.dtype for t in saved] == [torch.int8, torch.float32]
+    torch.testing.assert_close(y, x @ w_q.T + bias)
+    y.square().sum().backward()
+    torch.testing.assert_close(x.grad, (2 * y.detach()) @ w_q)
