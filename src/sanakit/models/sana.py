@@ -230,10 +230,14 @@ class SanaTransformer(nn.Module):
         """Regional ``torch.compile``: every SanaBlock is compiled with ``fullgraph=True`` and
         PyTorch's automatic dynamic shapes (``dynamic=None``). The blocks share one code object
         and dynamo lifts their parameters to graph inputs, so one compiled graph serves all
-        blocks (compiled once, not once per block). The first shape is compiled static; when a
-        dimension changes (another aspect bucket, batch size or text length) it is recompiled
-        once with that dimension symbolic, and that graph serves every later value: a bounded
-        cache of at most 1 + the number of varying dimensions graphs, instead of one per bucket.
+        blocks (compiled once, not once per block). The text length (trimmed per batch) is
+        symbolic from the first compile; the latent grid and batch size are compiled static
+        first and, when one changes (another aspect bucket, a smaller last batch), recompiled
+        once with that dimension symbolic, a graph that then serves every later value: a
+        bounded cache of at most 1 + the number of varying dimensions graphs, not one per
+        bucket. A block whose input differs in dtype or requires_grad gets its own graph: under
+        autocast the first block sees the bf16 patch embedding and the others the fp32
+        residual stream; with a frozen base (adapters) the first block's input needs no grad.
         Works with gradient checkpointing (the checkpoint wraps the compiled block), autocast
         and LoRA/LoKr layers injected before or after this call (they are traced at the first
         call). Inside forward_ad_compatible() the blocks run eagerly (dynamo does not trace a
@@ -296,6 +300,12 @@ class SanaTransformer(nn.Module):
         mask_bias = None
         if text_mask is not None:
             mask_bias = ((1 - text_mask.to(dtype)) * MASK_BIAS)[:, None, None, :]  # (B, 1, 1, L')
+        if self.compiled and not torch.compiler.is_compiling():
+            # the trimmed text length changes from batch to batch: compile it symbolic at once
+            # instead of recompiling the blocks when the second length shows up
+            torch._dynamo.maybe_mark_dynamic(context, 1)
+            if mask_bias is not None:
+                torch._dynamo.maybe_mark_dynamic(mask_bias, 3)
 
         for index, block in enumerate(self.transformer_blocks):
             args = (tokens, context, mask_bias, modulation, h, w)
