@@ -6,8 +6,9 @@ frozen model by bitsandbytes layers that store their weights in 4 or 8 bits:
 - ``nf4``: ``bnb.nn.LinearNF4`` -- 4-bit NormalFloat codes (Dettmers et al., 2023, QLoRA,
   arXiv:2305.14314) in blocks of 64 weights, each block scaled by its absolute maximum, the
   absmax values themselves quantised to 8 bits (double quantisation): ~4.13 bits per weight.
-- ``int8``: ``bnb.nn.Linear8bitLt`` without fp16 weights -- one int8 per weight and one fp32
-  scale per output row (absmax / 127), i.e. LLM.int8()'s storage (arXiv:2208.07339).
+- ``int8``: ``bnb.nn.Linear8bitLt`` storage without fp16 weights -- one int8 per weight and one
+  fp32 scale per output row (absmax / 127), LLM.int8()'s format (arXiv:2208.07339) -- computed
+  weight-only (W rebuilt per call, see :class:`_Int8WeightOnlyMatmul`).
 
 Why bitsandbytes: peft's LoRA dispatches ``bnb.nn.Linear4bit`` / ``Linear8bitLt`` to its own
 quantisation-aware layers, and LyCORIS (LoKr) recognises both and switches to its bypass
