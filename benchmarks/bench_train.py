@@ -12,6 +12,13 @@ batch 2, bf16 autocast, 2 threads.
 
     python benchmarks/bench_train.py
     python benchmarks/bench_train.py --batch 4 --precision no --steps 6
+    python benchmarks/bench_train.py --compile   # sanakit with train.compile = true
+
+sanakit's loader trims each batch's text to its longest caption (issue 19); the plain loop gets
+the batch padded back to the 300-token window with masked zeros, which is what diffusers' users
+feed (its pipeline and training scripts encode a fixed 300-token window).
+With ``--compile`` the first (warm-up) sanakit steps include the compile and are reported
+separately (``sanakit_compile_s``: the warm-up steps minus as many steady steps).
 """
 
 from __future__ import annotations
@@ -88,6 +95,7 @@ def config(root: Path, args) -> dict:
             "lr": 1e-4,
             "mixed_precision": args.precision,
             "weight_decay": 0.01,
+            "compile": args.compile,
         },
         "output": {"dir": str(root / "out"), "checkpoint_every": 10**6, "log_with": "none"},
     }
@@ -112,6 +120,7 @@ class PlainLoop:
         )
         self.train = trainer.config.train
         self.dtype = {"bf16": torch.bfloat16, "no": None}[args.precision]
+        self.window = trainer.config.model.text_max_length
         self.step = 0
 
     def velocity(self, x, t, text, mask):
@@ -121,6 +130,9 @@ class PlainLoop:
 
     def train_step(self) -> float:
         batch = next(self.loader)
+        pad = self.window - batch["text"].shape[1]  # back to the full window (masked zeros)
+        batch["text"] = torch.nn.functional.pad(batch["text"], (0, 0, 0, pad))
+        batch["text_mask"] = torch.nn.functional.pad(batch["text_mask"], (0, pad))
         gens = [step_generator(0, self.step, 0, i) for i in range(len(batch["ids"]))]
         with torch.autocast(
             "cpu", dtype=self.dtype or torch.float32, enabled=self.dtype is not None
@@ -146,7 +158,8 @@ def memory_child(args) -> None:
     side = trainer if args.memory_child == "sanakit" else PlainLoop(trainer, args)
     if args.memory_child == "diffusers":
         del trainer
-    side.train_step()
+    for _ in range(1 + 2 * args.compile):  # warm-up (compiled: the static and dynamic graphs)
+        side.train_step()
     base = reset_peak_rss()
     side.train_step()
     print(peak_rss() - base)
@@ -158,6 +171,8 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16", choices=["bf16", "no"])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed first steps per side")
+    parser.add_argument("--compile", action="store_true", help="sanakit with train.compile")
     parser.add_argument("--root", default=None, help="work folder (default: a temp folder)")
     parser.add_argument("--memory-child", choices=["sanakit", "diffusers"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -171,12 +186,12 @@ def main() -> None:
     trainer = Trainer(run_config_from_dict(config(root, args)))
     plain = PlainLoop(trainer, args)
     times: dict[str, list[float]] = {"sanakit": [], "diffusers": []}
-    for i in range(args.steps + 1):
+    warm: dict[str, list[float]] = {"sanakit": [], "diffusers": []}
+    for i in range(args.steps + args.warmup):
         for name, fn in (("sanakit", trainer.train_step), ("diffusers", plain.train_step)):
             start = time.perf_counter()
             fn()
-            if i:  # the first step of each side is warm-up
-                times[name].append(time.perf_counter() - start)
+            (warm if i < args.warmup else times)[name].append(time.perf_counter() - start)
     med = {k: statistics.median(v) for k, v in times.items()}
     mem = {}
     for side in ("sanakit", "diffusers"):
@@ -191,6 +206,7 @@ def main() -> None:
             str(args.batch),
         ]
         cmd += ["--precision", args.precision, "--threads", str(args.threads)]
+        cmd += ["--compile"] if args.compile else []
         mem[side] = int(
             subprocess.run(cmd, capture_output=True, text=True, check=True)
             .stdout.strip()
@@ -201,12 +217,17 @@ def main() -> None:
         "config": "4L-512h-cross16x32-cap2304-latent48x32x32-text300",
         "batch": args.batch,
         "precision": args.precision,
+        "compiled": args.compile,
         "threads": args.threads,
+        "steps": args.steps,
         "sanakit_s": round(med["sanakit"], 4),
         "diffusers_loop_s": round(med["diffusers"], 4),
         "time_ratio": round(med["sanakit"] / med["diffusers"], 3),
         "sanakit_images_per_s": round(args.batch / med["sanakit"], 3),
         "diffusers_images_per_s": round(args.batch / med["diffusers"], 3),
+        "sanakit_compile_s": round(sum(warm["sanakit"]) - args.warmup * med["sanakit"], 1)
+        if args.compile
+        else None,
         "sanakit_peak_mb": round(mem["sanakit"] / 2**20, 1),
         "diffusers_peak_mb": round(mem["diffusers"] / 2**20, 1),
         "memory_ratio": round(mem["sanakit"] / max(1, mem["diffusers"]), 3)
