@@ -9,6 +9,7 @@ import pytest
 
 from sanakit.adapters import LokrSpec, LoraSpec
 from sanakit.config import DataConfig, DatasetConfig
+from sanakit.sprint.config import DistillSection
 from sanakit.train.config import (
     EmaSection,
     ModelSection,
@@ -26,6 +27,7 @@ SECTIONS = [
     EmaSection,
     ValidationSection,
     OutputSection,
+    DistillSection,
 ]
 
 
