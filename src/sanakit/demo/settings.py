@@ -61,3 +61,9 @@ class DemoSettings:
             raise SanakitError(f"sanakit demo: --steps must be >= 1, got {self.steps}")
         if self.minutes is not None and not self.minutes > 0:
             raise SanakitError(f"sanakit demo: --minutes must be > 0, got {self.minutes}")
+        if self.distill_steps < 1:
+            raise SanakitError(
+                f"sanakit demo: --distill-steps must be >= 1, got {self.distill_steps}"
+            )
+        if not 0.0 < self.teacher_share < 1.0:
+            raise SanakitError(f"teacher_share must be in (0, 1), got {self.teacher_share}")

@@ -5,7 +5,8 @@ scored by the demo's classifier (a CPU proof that few-step distillation works).
 Budget (``--minutes``): teacher training ends by ``teacher_share`` of it, distillation by the time
 the scoring needs before the end. Outputs under ``OUT/sprint/``: ``score.json`` (``prompt_adherence``,
 ``color_accuracy``, ``shape_accuracy`` per model and steps), ``grid.png`` (rows = prompts; column
-groups = teacher DPM 20 | teacher DPM 2 | student SCM 1 | 2 | 4 steps, labelled),
+groups = teacher DPM 20 | teacher DPM 2 | student SCM 1 | 2 | 4 steps, labelled; the first
+``GRID_SEEDS`` seeds),
 ``samples.jsonl``, ``samples/``, ``final/`` (the student, a Sprint folder) and checkpoints.
 Ctrl-C saves a checkpoint; the same command resumes (once distillation has started, the teacher
 is frozen: a rerun only continues the distillation).
@@ -32,7 +33,10 @@ from sanakit.train.checkpoint import Checkpointer
 from sanakit.train.config import RunConfig, ValidationSection, run_config_from_dict
 from sanakit.train.validation import eval_mode, prompt_embeddings, sample_images
 
-SCORE_SECONDS_PER_IMAGE_STEP = 0.004  # a first guess of scoring time, replaced by a measurement
+# scoring time per image and model call (demo model, 2 threads; measured 20-45 s for the default
+# 5 columns x 8 seeds x 12 prompts on the 2-core development VM): reserved at the end of --minutes
+SCORE_SECONDS_PER_IMAGE_STEP = 0.008
+GRID_SEEDS = 3  # seeds per column group in grid.png (all seeds are scored)
 
 
 @dataclass(frozen=True)
@@ -180,7 +184,8 @@ def score_models(trainer: DistillTrainer, settings: DemoSettings, seeds: int) ->
                     image.save(out / name)
                     pred = classify(image)
                     judged.append((color, shape, pred))
-                    rows[p][c].append(image)
+                    if k < GRID_SEEDS:
+                        rows[p][c].append(image)
                     lines.append(
                         {
                             "prompt": prompt,
@@ -263,4 +268,4 @@ def _score_seconds(settings: DemoSettings, seeds: int) -> float:
     """Scoring time reserved at the end of the budget (model calls dominate; teacher DPM with
     CFG calls the model on 2x the prompts)."""
     calls = sum((2 if c.model == "teacher" else 1) * c.steps for c in columns(settings))
-    return 20.0 + calls * seeds * len(eval_prompts()) * SCORE_SECONDS_PER_IMAGE_STEP * 10
+    return 20.0 + calls * seeds * len(eval_prompts()) * SCORE_SECONDS_PER_IMAGE_STEP
