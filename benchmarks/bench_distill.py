@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from bench_train import MODEL, setup
+from bench_train import config as train_config
 from bench_transformer import peak_rss, reset_peak_rss
 from sanakit.sprint.trainer import DistillTrainer
 from sanakit.train.config import run_config_from_dict
@@ -39,36 +40,15 @@ SPRINT = {"qk_norm": "rms_norm_across_heads", "timestep_scale": 0.001}
 
 
 def config(root: Path, args, kind: str) -> dict:
-    overrides = {**(MODEL if args.preset == "tiny" else {}), **SPRINT}
-    raw = {
-        "model": {
-            "preset": args.preset,
-            "preset_overrides": overrides,
-            "autoencoder": "pixel-shuffle",
-            "pixel_shuffle_factor": 4,
-            "text_encoder": str(root / "text"),
-            "encoder_dtype": "fp32",
-        },
-        "data": {
-            "datasets": [
-                {
-                    "id": "bench",
-                    "path": str(root / "images"),
-                    "resolution": 128,
-                    "resolution_type": "pixel",
-                }
-            ],
-            "cache_dir": str(root / "cache"),
-        },
-        "train": {
-            "max_steps": 10**6,
-            "batch_size": args.batch,
-            "lr": 1e-5,
-            "mixed_precision": args.precision,
-            "gradient_checkpointing": args.checkpointing,
-        },
-        "output": {"dir": str(root / f"out-{kind}"), "checkpoint_every": 10**6, "log_with": "none"},
-    }
+    """bench_train's config with a dense-time qk-normed model (of ``--preset``) and, for the
+    distillation kinds, a ``[distill]`` section."""
+    args.compile = False
+    raw = train_config(root, args)
+    model = raw["model"]
+    model["preset"] = args.preset
+    model["preset_overrides"] = {**(MODEL if args.preset == "tiny" else {}), **SPRINT}
+    raw["train"].update(lr=1e-5, gradient_checkpointing=args.checkpointing)
+    raw["output"]["dir"] = str(root / f"out-{kind}")
     if kind != "plain":
         raw["distill"] = {
             "adv_lambda": 0.0 if kind == "scm" else 0.5,

@@ -318,6 +318,27 @@ def _sample(
     )
 
 
+def judge_sample(
+    out: Path, name: str, image: Image.Image, prompt: tuple[str, str, str], seed: int
+) -> dict[str, Any]:
+    """Saves ``image`` as ``out/name``, classifies it and returns its ``samples.jsonl`` record
+    (plus the :class:`~sanakit.demo.score.Prediction` under ``"prediction"``); ``prompt`` is a
+    row of :func:`eval_prompts`."""
+    color, shape, text = prompt
+    image.save(out / name)
+    pred = classify(image)
+    return {
+        "prompt": text,
+        "color": color,
+        "shape": shape,
+        "seed": seed,
+        "file": name,
+        "predicted_color": pred.color,
+        "predicted_shape": pred.shape,
+        "prediction": pred,
+    }
+
+
 @torch.no_grad()
 def sample_and_score(
     trainer: Trainer, settings: DemoSettings, deadline: float | None = None
@@ -359,20 +380,9 @@ def sample_and_score(
         rows.append(row)
         for seed, image in zip(seeds, row):
             name = f"samples/{color}-{shape}-seed{seed}.png"
-            image.save(out / name)
-            pred = classify(image)
-            judged.append((color, shape, pred))
-            lines.append(
-                {
-                    "prompt": prompt,
-                    "color": color,
-                    "shape": shape,
-                    "seed": seed,
-                    "file": name,
-                    "predicted_color": pred.color,
-                    "predicted_shape": pred.shape,
-                }
-            )
+            record = judge_sample(out, name, image, (color, shape, prompt), seed)
+            judged.append((color, shape, record.pop("prediction")))
+            lines.append(record)
     (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     sample_grid(rows, [p for _, _, p in prompts]).save(out / "grid.png")
     return score_predictions(judged)

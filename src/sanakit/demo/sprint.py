@@ -25,8 +25,8 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from sanakit.demo.pace import minutes
-from sanakit.demo.run import eval_prompts, run_config_dict, train_demo
-from sanakit.demo.score import classify, score_predictions
+from sanakit.demo.run import eval_prompts, judge_sample, run_config_dict, train_demo
+from sanakit.demo.score import score_predictions
 from sanakit.demo.settings import DemoSettings
 from sanakit.sprint.trainer import DistillTrainer
 from sanakit.train.checkpoint import Checkpointer
@@ -46,6 +46,10 @@ class Column:
     model: str  # "teacher" | "student"
     sampler: str  # "dpm" | "scm"
     steps: int
+
+    @property
+    def tag(self) -> str:
+        return f"{self.model}-{self.sampler}{self.steps}"
 
     @property
     def label(self) -> str:
@@ -179,26 +183,15 @@ def score_models(trainer: DistillTrainer, settings: DemoSettings, seeds: int) ->
                     autocast_dtype=trainer.autocast_dtype,
                     callback=lambda i, n, x: bar.update(1),
                 )
-                for p, ((color, shape, prompt), image) in enumerate(zip(prompts, images)):
-                    name = f"samples/{col.model}-{col.sampler}{col.steps}-{color}-{shape}-seed{seed}.png"
-                    image.save(out / name)
-                    pred = classify(image)
-                    judged.append((color, shape, pred))
+                for p, (row, image) in enumerate(zip(prompts, images)):
+                    color, shape, _ = row
+                    name = f"samples/{col.tag}-{color}-{shape}-seed{seed}.png"
+                    record = judge_sample(out, name, image, row, seed)
+                    judged.append((color, shape, record.pop("prediction")))
                     if k < GRID_SEEDS:
                         rows[p][c].append(image)
                     lines.append(
-                        {
-                            "prompt": prompt,
-                            "color": color,
-                            "shape": shape,
-                            "seed": seed,
-                            "file": name,
-                            "predicted_color": pred.color,
-                            "predicted_shape": pred.shape,
-                            "model": col.model,
-                            "sampler": col.sampler,
-                            "steps": col.steps,
-                        }
+                        {**record, "model": col.model, "sampler": col.sampler, "steps": col.steps}
                     )
             result[col.label] = {
                 "model": col.model,
