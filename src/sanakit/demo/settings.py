@@ -46,7 +46,7 @@ class DemoSettings:
     # --sprint: the model is a Sana-Sprint teacher (RMS qk-norm, dense time), then distilled
     # into a few-step student (sanakit.demo.sprint) within the same --minutes
     sprint: bool = False
-    teacher_share: float = 0.55  # of the --minutes budget: teacher training ends by then
+    teacher_share: float = 0.6  # of the --minutes budget: teacher training ends by then
     distill_steps: int = 600
     distill_lr: float = 1e-4  # spec §10.1 (the tiny model needs far more than Sprint's 2e-6)
     distill_batch_size: int = 32
