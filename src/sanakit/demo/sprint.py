@@ -176,7 +176,7 @@ def score_models(trainer: DistillTrainer, settings: DemoSettings, seeds: int) ->
                     height=settings.image_size,
                     width=settings.image_size,
                     steps=col.steps,
-                    guidance=settings.guidance,
+                    guidance=settings.sprint_guidance,
                     seed=seed,
                     sampler=col.sampler,
                     shift=settings.sample_shift,

@@ -83,6 +83,11 @@ def check_distill_config(config: RunConfig) -> None:
             f"distill.d_optimizer = {d.d_optimizer!r} is not an optimizer; use one of "
             f"{', '.join(names)}"
         )
+    if v.clip_model or v.fid_reference:
+        raise SanakitError(
+            "validation.clip_model / fid_reference: sanakit distill does not score its validation "
+            "grids; score the student with `sanakit eval --model OUTPUT/final` (docs/evaluation.md)"
+        )
     if v.eval_datasets:
         raise SanakitError(
             "validation.eval_datasets measures the flow loss, which a Sprint student has no "
