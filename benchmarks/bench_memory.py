@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import ctypes
 import json
+import os
 import subprocess
 import sys
 import time
@@ -183,10 +184,15 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
+    # glibc raises its mmap threshold after large frees (up to 32 MB), after which freed
+    # temporaries (a quantised layer's dequantised weight) stay in the heap and in the RSS; a fixed
+    # threshold returns them, so the RSS follows the live tensors (the same for every base)
+    env = {"MALLOC_MMAP_THRESHOLD_": "131072", **os.environ}
+    common["malloc_mmap_threshold"] = env["MALLOC_MMAP_THRESHOLD_"]
     rows = {}
     for base in args.bases.split(","):
         cmd = [sys.executable, __file__, *sys.argv[1:], "--base", base]
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if out.returncode != 0:
             raise SystemExit(f"{base}: child failed\n{out.stderr[-3000:]}")
         rows[base] = json.loads(out.stdout.strip().splitlines()[-1])
