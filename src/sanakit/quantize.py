@@ -140,6 +140,10 @@ def _bnb_linear(weight: torch.Tensor, bias: torch.Tensor | None, kind: str, key:
             compress_statistics=True,
             quant_type="nf4",
         )
+        # bitsandbytes repacks 4-bit weights in place for its CPU inference kernel (eval mode,
+        # no grad, AVX512-BF16: bf16 scales, no double quantisation) and fails on layers whose
+        # in_features is not a multiple of 64; validation must compute as training does
+        layer.support_avx512bf16_for_cpu = False
     elif kind == "int8":
         # has_fp16_weights=False: int8 storage, frozen; threshold 0: no fp16 outlier columns
         layer = _int8_linear_class(bnb)(

@@ -41,6 +41,7 @@ def test_adapter_on_quantized_base(tiny_pipeline_dir, tmp_path, method, kind) ->
     raw = _config(tiny_pipeline_dir, tmp_path, method)
     raw["model"]["quantize"] = kind
     raw["train"].update(max_steps=6, lr=2e-2)
+    raw["validation"] = {"prompts": ["a red square"], "resolutions": ["64x64"], "steps": 1}
     raw["output"]["checkpoint_every"] = 3
     trainer = Trainer(run_config_from_dict(raw))
     model = trainer.model
@@ -52,6 +53,7 @@ def test_adapter_on_quantized_base(tiny_pipeline_dir, tmp_path, method, kind) ->
     before = fixed_noise_loss(trainer)
     final = trainer.fit()
     assert fixed_noise_loss(trainer) < before
+    assert len(list((trainer.out / "validation").rglob("*.png"))) >= 1  # sampling works too
     assert _storage_dtypes(model) == {STORAGE[kind]}  # still quantised after training
     assert sum(isinstance(m, QuantizedConv1x1) for m in model.modules()) == 2 * len(
         model.transformer_blocks
