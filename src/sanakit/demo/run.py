@@ -238,20 +238,24 @@ class DemoTrainer(Trainer):
         far slower than the reference, one line saying why)."""
         todo = self.max_steps - self.step
         total = todo * pace.step_seconds + self.sampling_seconds
+        sprint = self.settings.sprint  # the deadline is the teacher's share of --minutes
         line = (
             f"sanakit demo: {pace.step_seconds:.3f} s/step over {pace.steps} steps "
-            f"({'bf16' if pace.precision == 'bf16' else 'fp32'}); {todo} steps to go "
-            f"+ sampling: ~{minutes(total)}"
+            f"({'bf16' if pace.precision == 'bf16' else 'fp32'}); {todo} "
+            f"{'teacher steps to go' if sprint else 'steps to go + sampling'}: ~{minutes(total)}"
         )
         if self.deadline is not None:
             left = self.deadline - time.perf_counter()
-            line += f" ({minutes(max(0.0, left))} left of the --minutes budget)"
+            budget = "the teacher's share of --minutes" if sprint else "the --minutes budget"
+            line += f" ({minutes(max(0.0, left))} left of {budget})"
             if total > left:
                 fits = self.step + max(0, int((left - self.sampling_seconds) / pace.step_seconds))
-                whole = math.ceil((time.perf_counter() - self.started + total) / 60 + 0.5)
+                whole = (time.perf_counter() - self.started + total) / 60
+                whole = math.ceil((whole / self.settings.teacher_share if sprint else whole) + 0.5)
+                again = "" if sprint else "run the same command again to continue, or "
                 line += (
-                    f"; training will stop near step {fits} (fewer steps score lower: run the "
-                    f"same command again to continue, or pass --minutes {whole})"
+                    f"; training will stop near step {fits} (fewer steps score lower: "
+                    f"{again}pass --minutes {whole})"
                 )
         print(line, file=sys.stderr)
         if pace.slowdown() > SLOW_FACTOR:
