@@ -226,9 +226,11 @@ class DemoTrainer(Trainer):
         if self.deadline is not None and self.step < self.max_steps:
             step_seconds = (time.perf_counter() - self.started) / max(1, done)
             if time.perf_counter() + step_seconds + self.sampling_seconds > self.deadline:
+                share = "the teacher's share of " if self.settings.sprint else ""
+                more = "" if self.settings.sprint else "; the same command continues"
                 print(
-                    f"sanakit demo: the {self.settings.minutes:g}-minute budget stops training "
-                    f"at step {self.step} of {self.max_steps}; the same command continues",
+                    f"sanakit demo: {share}the {self.settings.minutes:g}-minute budget stops "
+                    f"training at step {self.step} of {self.max_steps}{more}",
                     file=sys.stderr,
                 )
                 self.max_steps = self.step  # fit() saves the checkpoint for step == max_steps
