@@ -108,7 +108,8 @@ CHECK_ORDER = textwrap.dedent(
             return None
     sys.meta_path.insert(0, Watch())
     from sanakit.cli import main
-    code = main(["demo", "--steps", "0"])  # imports torch, then rejects --steps 0
+    code = main(["demo", "--steps", "0"])  # rejects --steps 0 (torch may not be loaded yet)
+    import torch  # the first torch import after the CLI ran, if the command did not load it
     print(json.dumps({"code": code, "policy_at_torch_import": seen.get("torch", "not imported")}))
     """
 )

@@ -48,7 +48,7 @@ from sanakit.sprint.trigflow import (
     sample_trigflow_times,
 )
 from sanakit.train import components
-from sanakit.train.config import RunConfig, TrainSection
+from sanakit.train.config import OptimizerName, RunConfig
 from sanakit.train.export import export_final
 from sanakit.train.objective import step_generator
 from sanakit.train.optim import build_optimizer
@@ -77,7 +77,7 @@ def check_distill_config(config: RunConfig) -> None:
             "train.ema is not used by sanakit distill (Sana-Sprint distils without EMA); remove it"
         )
     d = config.distill
-    names = typing.get_args(typing.get_type_hints(TrainSection)["optimizer"])
+    names = typing.get_args(OptimizerName)
     if d is not None and d.d_optimizer is not None and d.d_optimizer not in names:
         raise SanakitError(
             f"distill.d_optimizer = {d.d_optimizer!r} is not an optimizer; use one of "

@@ -34,6 +34,18 @@ from sanakit.errors import SanakitError
 from sanakit.sprint.config import DistillSection
 
 Precision = Literal["auto", "bf16", "fp16", "no"]  # auto: see sanakit.hardware
+# train.optimizer's names (sanakit.train.optim builds them; distill.d_optimizer takes them too)
+OptimizerName = Literal[
+    "adamw",
+    "adamw8bit",
+    "lion8bit",
+    "paged_adamw8bit",
+    "paged_lion8bit",
+    "optimi-adamw",
+    "optimi-lion",
+    "adafactor",
+    "came",
+]
 DType = Literal["bf16", "fp16", "fp32"]
 
 # Sana-1600M's fine-tuning defaults (NVlabs configs, SimpleTuner quickstart): 1e-5 for full
@@ -159,17 +171,7 @@ class TrainSection:
     lora: LoraSpec | None = None  # sanakit.adapters.spec: the adapter settings themselves
     lokr: LokrSpec | None = None
     lr: float | None = None  # default by method: 1e-5 full, 1e-4 lora/lokr
-    optimizer: Literal[
-        "adamw",
-        "adamw8bit",
-        "lion8bit",
-        "paged_adamw8bit",
-        "paged_lion8bit",
-        "optimi-adamw",
-        "optimi-lion",
-        "adafactor",
-        "came",
-    ] = "adamw"
+    optimizer: OptimizerName = "adamw"
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     eps: float = DEFAULT_EPS  # adamw* only (Lion has none)

@@ -15,26 +15,17 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import typing
 from collections.abc import Iterable
 
 import torch
 
 from sanakit.errors import SanakitError
-from sanakit.train.config import OPTIMIZER_PACKAGES
+from sanakit.train.config import OPTIMIZER_PACKAGES, OptimizerName
 
 log = logging.getLogger("sanakit.train")
 
-OPTIMIZERS = (
-    "adamw",
-    "adamw8bit",
-    "lion8bit",
-    "paged_adamw8bit",
-    "paged_lion8bit",
-    "optimi-adamw",
-    "optimi-lion",
-    "adafactor",
-    "came",
-)
+OPTIMIZERS: tuple[str, ...] = typing.get_args(OptimizerName)
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "polynomial")
 
 
