@@ -63,37 +63,32 @@ def build(root: Path, args, kind: str) -> Trainer:
     return cls(run_config_from_dict(config(root, args, kind)))
 
 
-def step_fn(trainer: Trainer, kind: str):
-    """A callable doing one step of ``kind`` (LADD: its G or D half; the other half is run but
-    not timed, so the phases keep alternating)."""
-    if kind in ("plain", "scm"):
-        return trainer.train_step
-    want = "G" if kind == "ladd_g" else "D"
-
-    def step() -> None:
-        if trainer.phase != want:
-            trainer.train_step()
+def align_phase(trainer: Trainer, kind: str) -> None:
+    """Before a measured LADD step: run the other half (G or D) untimed and unmeasured when the
+    alternation is on it, so the next ``train_step`` is the half ``kind`` names."""
+    want = {"ladd_g": "G", "ladd_d": "D"}.get(kind)
+    if want is not None and trainer.phase != want:
         trainer.train_step()
-
-    return step
 
 
 def memory_child(args) -> None:
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    trainer = build(Path(args.root), args, args.memory_child)
-    step = step_fn(trainer, args.memory_child)
-    step()  # warm-up
+    kind = args.memory_child
+    trainer = build(Path(args.root), args, kind)
+    align_phase(trainer, kind)
+    trainer.train_step()  # warm-up
+    align_phase(trainer, kind)
     if args.device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        step()
+        trainer.train_step()
         torch.cuda.synchronize()
         print(torch.cuda.max_memory_allocated() - base)
         return
     base = reset_peak_rss()
-    step()
+    trainer.train_step()
     print(peak_rss() - base)
 
 
@@ -118,19 +113,12 @@ def main() -> None:
     setup(root)
     trainers = {kind: build(root, args, kind) for kind in ("plain", "scm", "ladd_g")}
     trainers["ladd_d"] = trainers["ladd_g"]
-    steps = {kind: step_fn(trainers[kind], kind) for kind in KINDS}
     times: dict[str, list[float]] = {kind: [] for kind in KINDS}
     for i in range(args.steps + 1):
         for kind in KINDS:
-            if kind in ("ladd_g", "ladd_d"):
-                want = "G" if kind == "ladd_g" else "D"
-                if trainers[kind].phase != want:
-                    trainers[kind].train_step()  # the other half, untimed
-                start = time.perf_counter()
-                trainers[kind].train_step()
-            else:
-                start = time.perf_counter()
-                steps[kind]()
+            align_phase(trainers[kind], kind)
+            start = time.perf_counter()
+            trainers[kind].train_step()
             if i:  # the first round is warm-up
                 times[kind].append(time.perf_counter() - start)
     med = {kind: statistics.median(v) for kind, v in times.items()}
